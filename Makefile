@@ -1,0 +1,39 @@
+# PGXS build of the idempotent extension.
+#
+#   make              build
+#   make install      install into the PostgreSQL that pg_config names
+#   make test         install what is missing, build with -Werror, install, run every suite
+#   make demo         payment stream through idem_apply beside a naive consumer
+#   make installcheck run the suites against a server that is already running
+
+EXTENSION = idempotent
+MODULE_big = idempotent
+OBJS = src/idempotent.o src/apply.o src/ledger.o src/statement.o
+DATA = idempotent--1.0.sql
+PGFILEDESC = "idempotent - exactly-once effects for message consumers"
+
+# pg_regress: sql/NAME.sql against expected/NAME.out
+REGRESS = setup outcomes_once outcomes_newer outcomes_next outcomes_upsert \
+	claim parameters results fingerprint errors privileges plpgsql
+REGRESS_OPTS = --load-extension=idempotent
+
+# isolation specs: test/isolation/specs/NAME.spec against test/isolation/expected/NAME.out
+ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read
+ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
+
+# TAP tests (PostgreSQL::Test::Cluster): crashes, restarts
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+EXTRA_CLEAN = results output_iso tmp_check regression.diffs regression.out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: test demo
+test:
+	scripts/run-tests.sh
+
+demo:
+	scripts/demo.sh

@@ -1,0 +1,218 @@
+/*
+ * apply.c
+ *	  The protocol behind every call: probe the key, decide the outcome by
+ *	  policy, and when it is "applied" run the statement and record the key,
+ *	  all in the caller's transaction.
+ *
+ * Reads need no lock: a duplicate, stale or gap outcome is decided from a
+ * single index probe and writes nothing.  Only a call that will apply takes
+ * the key's writers' lock, probes again under it (another session may have
+ * applied in between) and then runs the statement and writes the ledger row.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "utils/builtins.h"
+
+#include "ledger.h"
+#include "statement.h"
+
+const char *
+idem_policy_name(IdemPolicy policy)
+{
+	switch (policy)
+	{
+		case IDEM_ONCE:
+			return "once";
+		case IDEM_NEWER:
+			return "newer";
+		case IDEM_NEXT:
+			return "next";
+		case IDEM_UPSERT:
+			return "upsert";
+	}
+	return "unknown";
+}
+
+/* A duplicate must repeat the original request; report a reused key. */
+static void
+check_fingerprint(const IdemRequest *req, const LedgerRow *row)
+{
+	if (!idem_check_fingerprint || req->stmt == NULL || !row->has_fingerprint)
+		return;
+	if (row->fingerprint != req->fingerprint)
+		ereport(ERROR,
+				(errcode(ERRCODE_IDEM_FINGERPRINT_MISMATCH),
+				 errmsg("key \"%s\" was already applied with a different statement or arguments",
+						text_to_cstring(req->key)),
+				 errdetail("A duplicate must repeat the original request exactly."),
+				 errhint("Use a new key for a different request, or set idempotent.check_fingerprint to off.")));
+}
+
+/*
+ * Decide the outcome of a request against the ledger row (NULL: key absent).
+ * Fills out->status and the version fields; returns true if the statement
+ * should run.
+ */
+static bool
+decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
+{
+	int64		v = req->version;
+	int64		s;
+
+	out->has_previous = (row != NULL && row->has_version);
+	out->previous_version = out->has_previous ? row->version : 0;
+
+	if (row == NULL)
+	{
+		if (req->policy == IDEM_NEXT && v != 1)
+		{
+			out->status = IDEM_GAP;
+			out->has_version = false;
+			return false;
+		}
+		out->status = IDEM_APPLIED;
+		out->has_version = req->has_version;
+		out->version = v;
+		return true;
+	}
+
+	if (row->policy != req->policy)
+		ereport(ERROR,
+				(errcode(ERRCODE_IDEM_POLICY_MISMATCH),
+				 errmsg("key \"%s\" was recorded under policy \"%s\", not \"%s\"",
+						text_to_cstring(req->key), idem_policy_name(row->policy),
+						idem_policy_name(req->policy)),
+				 errhint("Use one policy per key: the version decides between once and newer, and idem_apply_next and idem_upsert have their own.")));
+
+	/* Until shown otherwise, nothing changes: the stored version stays. */
+	out->has_version = row->has_version;
+	out->version = row->version;
+	s = row->version;
+
+	switch (req->policy)
+	{
+		case IDEM_ONCE:
+			out->status = IDEM_DUPLICATE;
+			break;
+		case IDEM_NEWER:
+			out->status = v > s ? IDEM_APPLIED : v == s ? IDEM_DUPLICATE : IDEM_STALE;
+			break;
+		case IDEM_NEXT:
+			out->status = v == s + 1 ? IDEM_APPLIED :
+				v == s ? IDEM_DUPLICATE :
+				v < s ? IDEM_STALE : IDEM_GAP;
+			break;
+		case IDEM_UPSERT:
+			out->status = v >= s ? IDEM_APPLIED : IDEM_STALE;
+			break;
+	}
+
+	if (out->status == IDEM_DUPLICATE)
+	{
+		check_fingerprint(req, row);
+		out->has_rows = row->has_rows;
+		out->rows = row->rows;
+		out->result = row->result;
+	}
+	if (out->status == IDEM_APPLIED)
+	{
+		out->version = v;
+		return true;
+	}
+	return false;
+}
+
+/* Run the statement (if any) and write the ledger row for an applied call. */
+static void
+apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
+	  IdemOutcome *out)
+{
+	LedgerRow	row;
+
+	row.policy = req->policy;
+	row.has_version = req->has_version;
+	row.version = req->version;
+	row.applied_at = GetCurrentTransactionStartTimestamp();
+	row.has_fingerprint = (req->stmt != NULL);
+	row.fingerprint = req->fingerprint;
+	row.has_rows = false;
+	row.rows = 0;
+	row.result = NULL;
+
+	if (req->stmt != NULL)
+	{
+		statement_run(req->stmt, &row.rows, &row.result);
+		row.has_rows = true;
+	}
+
+	if (found == NULL)
+		ledger_insert(ledger, req->key, &row);
+	else
+	{
+		row.tid = found->tid;
+		ledger_update(ledger, req->key, &row);
+	}
+
+	out->has_rows = row.has_rows;
+	out->rows = row.rows;
+	out->result = row.result;
+}
+
+void
+idem_execute(const IdemRequest *req, IdemOutcome *out)
+{
+	Ledger		ledger;
+	bool		locked = false;
+
+	memset(out, 0, sizeof(IdemOutcome));
+	ledger_open(&ledger);
+
+	for (;;)
+	{
+		LedgerRow	row;
+		LedgerWriter writer;
+		LedgerProbe probe = ledger_probe(&ledger, req->key, &row, &writer);
+
+		if (probe == LEDGER_BUSY)
+		{
+			/* Never hold the key's lock while waiting for its writer. */
+			if (locked)
+			{
+				ledger_unlock_key(req->key);
+				locked = false;
+			}
+			if (!idem_wait)
+			{
+				memset(out, 0, sizeof(IdemOutcome));
+				out->status = IDEM_IN_PROGRESS;
+				break;
+			}
+			ledger_wait(&ledger, &writer);
+			continue;
+		}
+
+		if (!decide(req, probe == LEDGER_FOUND ? &row : NULL, out))
+			break;
+
+		if (!locked)
+		{
+			/* Lock, then probe again: someone may have applied meanwhile. */
+			if (!ledger_lock_key(req->key, idem_wait))
+			{
+				memset(out, 0, sizeof(IdemOutcome));
+				out->status = IDEM_IN_PROGRESS;
+				break;
+			}
+			locked = true;
+			continue;
+		}
+
+		apply(&ledger, req, probe == LEDGER_FOUND ? &row : NULL, out);
+		break;
+	}
+
+	if (locked)
+		ledger_unlock_key(req->key);
+	ledger_close(&ledger);
+}

@@ -1,0 +1,314 @@
+/*
+ * idempotent.c
+ *	  Module entry: settings, and the SQL-callable functions idem_apply,
+ *	  idem_apply_next, idem_upsert and idem_claim.
+ *
+ * Each function checks its arguments, builds a request and hands it to
+ * idem_execute() (apply.c); the outcome comes back as an idem_outcome row.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+
+#include "statement.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/* Arguments of idem_apply and its siblings: key, version, statement, args... */
+#define ARG_KEY			0
+#define ARG_VERSION		1
+#define ARG_STATEMENT	2
+#define ARG_FIRST_PARAM 3
+
+/* Largest key a btree entry holds comfortably, with room to spare. */
+#define MAX_KEY_BYTES_LIMIT 2000
+
+bool		idem_wait = true;
+bool		idem_check_fingerprint = true;
+int			idem_max_key_bytes = 512;
+int			idem_max_result_bytes = 65536;
+
+void
+_PG_init(void)
+{
+	DefineCustomBoolVariable("idempotent.wait",
+							 "Wait for another transaction that is applying the same key.",
+							 "When off, a call on a key that another transaction is applying returns status in_progress at once.",
+							 &idem_wait, true, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("idempotent.check_fingerprint",
+							 "Check that a duplicate repeats the original statement and arguments.",
+							 NULL,
+							 &idem_check_fingerprint, true, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("idempotent.max_key_bytes",
+							"Longest key accepted, in bytes.",
+							NULL,
+							&idem_max_key_bytes, 512, 1, MAX_KEY_BYTES_LIMIT,
+							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("idempotent.max_result_bytes",
+							"Largest statement result stored in the ledger, in bytes of jsonb.",
+							NULL,
+							&idem_max_result_bytes, 65536, 0, MaxAllocSize / 4,
+							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("idempotent");
+}
+
+static text *
+get_key(FunctionCallInfo fcinfo)
+{
+	text	   *key;
+	int			len;
+
+	if (PG_ARGISNULL(ARG_KEY))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("key must not be null")));
+	key = PG_GETARG_TEXT_PP(ARG_KEY);
+	len = VARSIZE_ANY_EXHDR(key);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key must not be empty")));
+	if (len > idem_max_key_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("key is too long"),
+				 errdetail("The key is %d bytes; the limit is %d bytes.",
+						   len, idem_max_key_bytes),
+				 errhint("Use a shorter key, such as a hash of the business key, or raise idempotent.max_key_bytes.")));
+	return key;
+}
+
+/* Read the version; policy once takes none, the others need one. */
+static void
+get_version(FunctionCallInfo fcinfo, IdemRequest *req)
+{
+	req->has_version = !PG_ARGISNULL(ARG_VERSION);
+	req->version = req->has_version ? PG_GETARG_INT64(ARG_VERSION) : 0;
+
+	if (req->policy == IDEM_ONCE && req->has_version)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("policy \"once\" takes no version"),
+				 errhint("Pass NULL as the version, or use policy \"newer\".")));
+	if (req->policy != IDEM_ONCE && !req->has_version)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("version must not be null for policy \"%s\"",
+						idem_policy_name(req->policy))));
+	if (req->version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("version must not be negative"),
+				 errdetail("The version given is " INT64_FORMAT ".", req->version)));
+}
+
+/*
+ * Collect $1..$n from the VARIADIC "any" arguments, or from the elements of
+ * an array passed with VARIADIC.  Untyped literals keep type unknown, so the
+ * statement's context decides their type as it would for a literal.
+ */
+static void
+get_params(FunctionCallInfo fcinfo, IdemStatement *stmt)
+{
+	int			first = ARG_FIRST_PARAM;
+	int			n = PG_NARGS() - first;
+
+	stmt->nargs = 0;
+	stmt->types = NULL;
+	stmt->values = NULL;
+	stmt->nulls = NULL;
+	if (n <= 0)
+		return;
+
+	if (get_fn_expr_variadic(fcinfo->flinfo))
+	{
+		ArrayType  *array;
+		Oid			elemtype;
+		int16		typlen;
+		bool		byval;
+		char		align;
+		bool	   *isnull;
+
+		if (PG_ARGISNULL(first))
+			return;				/* VARIADIC NULL: no parameters */
+		array = PG_GETARG_ARRAYTYPE_P(first);
+		elemtype = ARR_ELEMTYPE(array);
+		get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
+		deconstruct_array(array, elemtype, typlen, byval, align,
+						  &stmt->values, &isnull, &stmt->nargs);
+		stmt->types = palloc(stmt->nargs * sizeof(Oid));
+		stmt->nulls = palloc(stmt->nargs);
+		for (int i = 0; i < stmt->nargs; i++)
+		{
+			stmt->types[i] = elemtype;
+			stmt->nulls[i] = isnull[i] ? 'n' : ' ';
+		}
+		return;
+	}
+
+	stmt->nargs = n;
+	stmt->types = palloc(n * sizeof(Oid));
+	stmt->values = palloc(n * sizeof(Datum));
+	stmt->nulls = palloc(n);
+	for (int i = 0; i < n; i++)
+	{
+		Oid			type = get_fn_expr_argtype(fcinfo->flinfo, first + i);
+
+		if (!OidIsValid(type))
+			elog(ERROR, "could not determine the type of argument %d", first + i + 1);
+		stmt->types[i] = type;
+		stmt->nulls[i] = PG_ARGISNULL(first + i) ? 'n' : ' ';
+		stmt->values[i] = PG_ARGISNULL(first + i) ? (Datum) 0 : PG_GETARG_DATUM(first + i);
+	}
+}
+
+static IdemStatement *
+get_statement(FunctionCallInfo fcinfo)
+{
+	IdemStatement *stmt;
+
+	if (PG_ARGISNULL(ARG_STATEMENT))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("statement must not be null")));
+	stmt = palloc(sizeof(IdemStatement));
+	stmt->sql = PG_GETARG_TEXT_PP(ARG_STATEMENT);
+	get_params(fcinfo, stmt);
+	statement_check(stmt);
+	return stmt;
+}
+
+static const char *
+status_name(IdemStatus status)
+{
+	switch (status)
+	{
+		case IDEM_APPLIED:
+			return "applied";
+		case IDEM_DUPLICATE:
+			return "duplicate";
+		case IDEM_STALE:
+			return "stale";
+		case IDEM_GAP:
+			return "gap";
+		case IDEM_IN_PROGRESS:
+			return "in_progress";
+	}
+	return "unknown";
+}
+
+/* Execute the request and return its outcome as an idem_outcome row. */
+static Datum
+run_request(FunctionCallInfo fcinfo, IdemRequest *req)
+{
+	IdemOutcome out;
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6];
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	if (req->stmt != NULL)
+		req->fingerprint = statement_fingerprint(req->stmt);
+	idem_execute(req, &out);
+
+	values[0] = CStringGetTextDatum(status_name(out.status));
+	nulls[0] = false;
+	values[1] = BoolGetDatum(out.status == IDEM_APPLIED);
+	nulls[1] = false;
+	values[2] = Int64GetDatum(out.version);
+	nulls[2] = !out.has_version;
+	values[3] = Int64GetDatum(out.previous_version);
+	nulls[3] = !out.has_previous;
+	values[4] = Int64GetDatum(out.rows);
+	nulls[4] = !out.has_rows;
+	values[5] = PointerGetDatum(out.result);
+	nulls[5] = (out.result == NULL);
+
+	desc = BlessTupleDesc(desc);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/* Arguments common to the statement-running functions. */
+static Datum
+apply_with_policy(FunctionCallInfo fcinfo, IdemPolicy policy)
+{
+	IdemRequest req;
+
+	req.key = get_key(fcinfo);
+	req.policy = policy;
+	get_version(fcinfo, &req);
+	req.stmt = get_statement(fcinfo);
+	return run_request(fcinfo, &req);
+}
+
+PG_FUNCTION_INFO_V1(idem_apply);
+/* idem_apply: policy once when the version is NULL, newer otherwise */
+Datum
+idem_apply(PG_FUNCTION_ARGS)
+{
+	return apply_with_policy(fcinfo, PG_ARGISNULL(ARG_VERSION) ? IDEM_ONCE : IDEM_NEWER);
+}
+
+PG_FUNCTION_INFO_V1(idem_apply_next);
+Datum
+idem_apply_next(PG_FUNCTION_ARGS)
+{
+	return apply_with_policy(fcinfo, IDEM_NEXT);
+}
+
+PG_FUNCTION_INFO_V1(idem_upsert);
+Datum
+idem_upsert(PG_FUNCTION_ARGS)
+{
+	return apply_with_policy(fcinfo, IDEM_UPSERT);
+}
+
+static IdemPolicy
+parse_policy(const char *name)
+{
+	if (strcmp(name, "once") == 0)
+		return IDEM_ONCE;
+	if (strcmp(name, "newer") == 0)
+		return IDEM_NEWER;
+	if (strcmp(name, "next") == 0)
+		return IDEM_NEXT;
+	if (strcmp(name, "upsert") == 0)
+		return IDEM_UPSERT;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown policy \"%s\"", name),
+			 errhint("The policies are once, newer, next and upsert.")));
+	pg_unreachable();
+}
+
+PG_FUNCTION_INFO_V1(idem_claim);
+/* idem_claim(key, version, policy): record the key without a statement */
+Datum
+idem_claim(PG_FUNCTION_ARGS)
+{
+	IdemRequest req;
+
+	req.key = get_key(fcinfo);
+	if (!PG_ARGISNULL(2))
+		req.policy = parse_policy(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	else
+		req.policy = PG_ARGISNULL(ARG_VERSION) ? IDEM_ONCE : IDEM_NEWER;
+	get_version(fcinfo, &req);
+	req.stmt = NULL;
+	req.fingerprint = 0;
+	return run_request(fcinfo, &req);
+}

@@ -1,0 +1,83 @@
+/*
+ * idempotent.h
+ *	  Types and settings shared by the parts of the idempotent extension.
+ *
+ * A request names a key, a policy and (for versioned policies) a version;
+ * apply.c decides its outcome against the ledger (ledger.c) and runs the
+ * caller's statement (statement.c) when the outcome is "applied".
+ */
+#ifndef IDEMPOTENT_H
+#define IDEMPOTENT_H
+
+#include "postgres.h"
+
+#include "utils/jsonb.h"
+
+/* SQLSTATEs of our own, in class ID ("idempotent") */
+#define ERRCODE_IDEM_FINGERPRINT_MISMATCH	MAKE_SQLSTATE('I','D','0','0','1')
+#define ERRCODE_IDEM_POLICY_MISMATCH		MAKE_SQLSTATE('I','D','0','0','2')
+
+/* Policies; the letter is what the ledger stores in its "policy" column. */
+typedef enum IdemPolicy
+{
+	IDEM_ONCE = 'o',			/* run once per key */
+	IDEM_NEWER = 'n',			/* run when version > stored */
+	IDEM_NEXT = 's',			/* run when version = stored + 1 (sequence) */
+	IDEM_UPSERT = 'u'			/* run when version >= stored */
+} IdemPolicy;
+
+typedef enum IdemStatus
+{
+	IDEM_APPLIED,
+	IDEM_DUPLICATE,
+	IDEM_STALE,
+	IDEM_GAP,
+	IDEM_IN_PROGRESS
+} IdemStatus;
+
+/* The caller's statement with its bound arguments. */
+typedef struct IdemStatement
+{
+	text	   *sql;
+	int			nargs;
+	Oid		   *types;
+	Datum	   *values;
+	char	   *nulls;			/* SPI convention: 'n' for NULL, ' ' otherwise */
+	uint64		plan_hash;		/* set by statement_check() */
+} IdemStatement;
+
+/* One call: what the caller asked for. */
+typedef struct IdemRequest
+{
+	text	   *key;
+	IdemPolicy	policy;
+	bool		has_version;
+	int64		version;
+	IdemStatement *stmt;		/* NULL for idem_claim */
+	int64		fingerprint;	/* of stmt; meaningless when stmt is NULL */
+} IdemRequest;
+
+/* One call: what happened (the SQL type idem_outcome). */
+typedef struct IdemOutcome
+{
+	IdemStatus	status;
+	bool		has_version;
+	int64		version;
+	bool		has_previous;
+	int64		previous_version;
+	bool		has_rows;
+	int64		rows;
+	Jsonb	   *result;			/* NULL when none */
+} IdemOutcome;
+
+/* settings (idempotent.*) */
+extern bool idem_wait;
+extern bool idem_check_fingerprint;
+extern int	idem_max_key_bytes;
+extern int	idem_max_result_bytes;
+
+/* apply.c */
+extern void idem_execute(const IdemRequest *req, IdemOutcome *out);
+extern const char *idem_policy_name(IdemPolicy policy);
+
+#endif							/* IDEMPOTENT_H */

@@ -1,0 +1,321 @@
+/*
+ * ledger.c
+ *	  The ledger table, read and written directly through heapam and nbtree.
+ *
+ * A probe looks the key up in the unique index with a dirty snapshot, so it
+ * sees committed rows and also rows that other transactions are still
+ * writing; the caller waits for those (as a unique index would) or, with
+ * idempotent.wait = off, reports the key as in progress.
+ *
+ * Writers serialize on a short-lived heavyweight lock per key (an advisory
+ * lock tag of our own class), taken after the probe decided to apply and
+ * released as soon as the ledger row is written, not at commit.  Under that
+ * lock a re-probe that finds nothing proves no other transaction can insert
+ * the key until we have, so the insert needs neither speculative insertion
+ * nor a subtransaction, and the statement runs before the row is written:
+ * the ledger row is written once, with its final rows and result.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "common/hashfn.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "ledger.h"
+
+/* Columns of idem_ledger, in the order the install script creates them. */
+#define Anum_ledger_applied_at	1
+#define Anum_ledger_version		2
+#define Anum_ledger_rows		3
+#define Anum_ledger_fingerprint 4
+#define Anum_ledger_policy		5
+#define Anum_ledger_key			6
+#define Anum_ledger_result		7
+#define Natts_ledger			7
+
+/* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
+#define IDEM_KEY_LOCK_CLASS		0x1DE
+
+/* The ledger's relations, looked up once per backend and forgotten on DDL. */
+static Oid	ledger_heap_oid = InvalidOid;
+static Oid	ledger_index_oid = InvalidOid;
+static bool ledger_callback_registered = false;
+
+static void
+ledger_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == ledger_heap_oid ||
+		relid == ledger_index_oid)
+	{
+		ledger_heap_oid = InvalidOid;
+		ledger_index_oid = InvalidOid;
+	}
+}
+
+/* The schema the extension was created in. */
+static Oid
+extension_schema(Oid extoid)
+{
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData skey;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			nspoid = InvalidOid;
+
+	ScanKeyInit(&skey, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &skey);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nspoid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return nspoid;
+}
+
+/* Find idem_ledger and its index in the extension's schema. */
+static void
+ledger_lookup(void)
+{
+	Oid			extoid;
+	Oid			nspoid;
+
+	if (!ledger_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(ledger_relcache_callback, (Datum) 0);
+		ledger_callback_registered = true;
+	}
+
+	extoid = get_extension_oid("idempotent", true);
+	if (!OidIsValid(extoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"idempotent\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION idempotent.")));
+	nspoid = extension_schema(extoid);
+	ledger_heap_oid = get_relname_relid("idem_ledger", nspoid);
+	ledger_index_oid = get_relname_relid("idem_ledger_pkey", nspoid);
+	if (!OidIsValid(ledger_heap_oid) || !OidIsValid(ledger_index_oid))
+		elog(ERROR, "ledger of extension \"idempotent\" is missing");
+}
+
+void
+ledger_open(Ledger *ledger)
+{
+	if (!OidIsValid(ledger_heap_oid))
+		ledger_lookup();
+	ledger->heap = table_open(ledger_heap_oid, RowExclusiveLock);
+	ledger->index = index_open(ledger_index_oid, RowExclusiveLock);
+	if (RelationGetDescr(ledger->heap)->natts != Natts_ledger)
+		elog(ERROR, "ledger of extension \"idempotent\" has an unexpected shape");
+}
+
+void
+ledger_close(Ledger *ledger)
+{
+	index_close(ledger->index, NoLock);
+	table_close(ledger->heap, NoLock);
+}
+
+/*
+ * Under REPEATABLE READ or SERIALIZABLE, a row committed after our snapshot
+ * was taken is a conflict: report it so the caller retries the transaction.
+ */
+static void
+check_snapshot_conflict(TupleTableSlot *slot, text *key)
+{
+	HeapTuple	tuple;
+	TransactionId xmin;
+
+	if (!IsolationUsesXactSnapshot())
+		return;
+	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+	xmin = HeapTupleHeaderGetXmin(tuple->t_data);
+	if (!TransactionIdIsCurrentTransactionId(xmin) &&
+		XidInMVCCSnapshot(xmin, GetTransactionSnapshot()))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent update"),
+				 errdetail("Key \"%s\" was recorded by a transaction that committed after this transaction's snapshot was taken.",
+						   text_to_cstring(key)),
+				 errhint("The transaction might succeed if retried.")));
+}
+
+static void
+row_from_slot(TupleTableSlot *slot, LedgerRow *row)
+{
+	Datum	   *values;
+	bool	   *nulls;
+
+	slot_getallattrs(slot);
+	values = slot->tts_values;
+	nulls = slot->tts_isnull;
+
+	row->tid = slot->tts_tid;
+	row->applied_at = DatumGetTimestampTz(values[Anum_ledger_applied_at - 1]);
+	row->has_version = !nulls[Anum_ledger_version - 1];
+	row->version = row->has_version ? DatumGetInt64(values[Anum_ledger_version - 1]) : 0;
+	row->has_rows = !nulls[Anum_ledger_rows - 1];
+	row->rows = row->has_rows ? DatumGetInt64(values[Anum_ledger_rows - 1]) : 0;
+	row->has_fingerprint = !nulls[Anum_ledger_fingerprint - 1];
+	row->fingerprint = row->has_fingerprint ?
+		DatumGetInt64(values[Anum_ledger_fingerprint - 1]) : 0;
+	row->policy = (IdemPolicy) DatumGetChar(values[Anum_ledger_policy - 1]);
+	row->result = nulls[Anum_ledger_result - 1] ? NULL :
+		DatumGetJsonbPCopy(values[Anum_ledger_result - 1]);
+}
+
+LedgerProbe
+ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
+{
+	SnapshotData dirty;
+	ScanKeyData skey;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	LedgerProbe result = LEDGER_ABSENT;
+
+	InitDirtySnapshot(dirty);
+	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(key));
+	slot = table_slot_create(ledger->heap, NULL);
+	scan = index_beginscan(ledger->heap, ledger->index, &dirty, 1, 0);
+	index_rescan(scan, &skey, 1, NULL, 0);
+
+	/* The dirty snapshot reports who is inserting or deleting a row. */
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		if (TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax))
+		{
+			writer->xid = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+			writer->spec_token = dirty.speculativeToken;
+			result = LEDGER_BUSY;
+		}
+		else
+		{
+			check_snapshot_conflict(slot, key);
+			row_from_slot(slot, row);
+			result = LEDGER_FOUND;
+		}
+	}
+
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return result;
+}
+
+/* Wait until the transaction writing a busy key has ended. */
+void
+ledger_wait(Ledger *ledger, const LedgerWriter *writer)
+{
+	if (writer->spec_token != 0)
+		SpeculativeInsertionWait(writer->xid, writer->spec_token);
+	else
+		XactLockTableWait(writer->xid, ledger->heap, NULL, XLTW_None);
+}
+
+static void
+key_locktag(LOCKTAG *tag, text *key)
+{
+	uint64		hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
+										   VARSIZE_ANY_EXHDR(key), 0);
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (hash >> 32),
+						 (uint32) hash, IDEM_KEY_LOCK_CLASS);
+}
+
+/* Take the writers' lock on a key; false if busy and we may not wait. */
+bool
+ledger_lock_key(text *key, bool wait)
+{
+	LOCKTAG		tag;
+
+	key_locktag(&tag, key);
+	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+void
+ledger_unlock_key(text *key)
+{
+	LOCKTAG		tag;
+
+	key_locktag(&tag, key);
+	LockRelease(&tag, ExclusiveLock, false);
+}
+
+static HeapTuple
+form_row(Ledger *ledger, text *key, const LedgerRow *row)
+{
+	Datum		values[Natts_ledger];
+	bool		nulls[Natts_ledger];
+
+	values[Anum_ledger_applied_at - 1] = TimestampTzGetDatum(row->applied_at);
+	nulls[Anum_ledger_applied_at - 1] = false;
+	values[Anum_ledger_version - 1] = Int64GetDatum(row->version);
+	nulls[Anum_ledger_version - 1] = !row->has_version;
+	values[Anum_ledger_rows - 1] = Int64GetDatum(row->rows);
+	nulls[Anum_ledger_rows - 1] = !row->has_rows;
+	values[Anum_ledger_fingerprint - 1] = Int64GetDatum(row->fingerprint);
+	nulls[Anum_ledger_fingerprint - 1] = !row->has_fingerprint;
+	values[Anum_ledger_policy - 1] = CharGetDatum((char) row->policy);
+	nulls[Anum_ledger_policy - 1] = false;
+	values[Anum_ledger_key - 1] = PointerGetDatum(key);
+	nulls[Anum_ledger_key - 1] = false;
+	values[Anum_ledger_result - 1] = PointerGetDatum(row->result);
+	nulls[Anum_ledger_result - 1] = (row->result == NULL);
+
+	return heap_form_tuple(RelationGetDescr(ledger->heap), values, nulls);
+}
+
+static void
+insert_index_entry(Ledger *ledger, text *key, ItemPointer tid)
+{
+	Datum		value = PointerGetDatum(key);
+	bool		isnull = false;
+
+	index_insert(ledger->index, &value, &isnull, tid, ledger->heap,
+				 UNIQUE_CHECK_YES, false, BuildIndexInfo(ledger->index));
+}
+
+/* Insert a new key; the caller holds the key's lock and saw it absent. */
+void
+ledger_insert(Ledger *ledger, text *key, const LedgerRow *row)
+{
+	HeapTuple	tuple = form_row(ledger, key, row);
+
+	heap_insert(ledger->heap, tuple, GetCurrentCommandId(true), 0, NULL);
+	insert_index_entry(ledger, key, &tuple->t_self);
+	heap_freetuple(tuple);
+	CommandCounterIncrement();
+}
+
+/* Replace the row a probe found at row->tid; the caller holds the key's lock. */
+void
+ledger_update(Ledger *ledger, text *key, const LedgerRow *row)
+{
+	HeapTuple	tuple = form_row(ledger, key, row);
+	ItemPointerData otid = row->tid;
+
+	simple_heap_update(ledger->heap, &otid, tuple);
+	if (!HeapTupleIsHeapOnly(tuple))
+		insert_index_entry(ledger, key, &tuple->t_self);
+	heap_freetuple(tuple);
+	CommandCounterIncrement();
+}

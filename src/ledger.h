@@ -1,0 +1,60 @@
+/*
+ * ledger.h
+ *	  Direct access to the ledger table: probe a key, lock it, write it.
+ */
+#ifndef IDEM_LEDGER_H
+#define IDEM_LEDGER_H
+
+#include "idempotent.h"
+
+#include "storage/itemptr.h"
+#include "utils/relcache.h"
+#include "utils/timestamp.h"
+
+/* An open ledger: the heap and its unique index on key. */
+typedef struct Ledger
+{
+	Relation	heap;
+	Relation	index;
+} Ledger;
+
+/* One ledger row, as read by a probe or about to be written. */
+typedef struct LedgerRow
+{
+	ItemPointerData tid;		/* where a probe found it */
+	IdemPolicy	policy;
+	bool		has_version;
+	int64		version;
+	bool		has_rows;
+	int64		rows;
+	bool		has_fingerprint;
+	int64		fingerprint;
+	TimestampTz applied_at;
+	Jsonb	   *result;			/* NULL when none */
+} LedgerRow;
+
+typedef enum LedgerProbe
+{
+	LEDGER_ABSENT,				/* no live row for the key */
+	LEDGER_FOUND,				/* a committed (or our own) row */
+	LEDGER_BUSY					/* another transaction is writing the key */
+} LedgerProbe;
+
+/* Who is writing a busy key, for ledger_wait(). */
+typedef struct LedgerWriter
+{
+	TransactionId xid;
+	uint32		spec_token;
+} LedgerWriter;
+
+extern void ledger_open(Ledger *ledger);
+extern void ledger_close(Ledger *ledger);
+extern LedgerProbe ledger_probe(Ledger *ledger, text *key, LedgerRow *row,
+								LedgerWriter *writer);
+extern void ledger_wait(Ledger *ledger, const LedgerWriter *writer);
+extern bool ledger_lock_key(text *key, bool wait);
+extern void ledger_unlock_key(text *key);
+extern void ledger_insert(Ledger *ledger, text *key, const LedgerRow *row);
+extern void ledger_update(Ledger *ledger, text *key, const LedgerRow *row);
+
+#endif							/* IDEM_LEDGER_H */
