@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 
 #include "ledger.h"
@@ -129,6 +130,9 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	  IdemOutcome *out)
 {
 	LedgerRow	row;
+
+	/* The statement would be refused too, but a claim has none. */
+	PreventCommandIfReadOnly("idem_apply");
 
 	row.policy = req->policy;
 	row.has_version = req->has_version;
