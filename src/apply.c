@@ -12,7 +12,6 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "miscadmin.h"
 #include "utils/builtins.h"
 
 #include "ledger.h"
@@ -132,7 +131,11 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	LedgerRow	row;
 
 	/* The statement would be refused too, but a claim has none. */
-	PreventCommandIfReadOnly("idem_apply");
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot record key \"%s\" in a read-only transaction",
+						text_to_cstring(req->key))));
 
 	row.policy = req->policy;
 	row.has_version = req->has_version;

@@ -183,6 +183,23 @@ row_from_slot(TupleTableSlot *slot, LedgerRow *row)
 		DatumGetJsonbPCopy(values[Anum_ledger_result - 1]);
 }
 
+/*
+ * Under SERIALIZABLE, read the key once more through an MVCC scan of the
+ * index so that the predicate locks a plain SELECT would take are taken: the
+ * dirty probe alone would let write skew on keys go unnoticed.
+ */
+static void
+predicate_lock_key(Ledger *ledger, ScanKey skey, TupleTableSlot *slot)
+{
+	IndexScanDesc scan = index_beginscan(ledger->heap, ledger->index,
+										 GetTransactionSnapshot(), 1, 0);
+
+	index_rescan(scan, skey, 1, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+		;
+	index_endscan(scan);
+}
+
 LedgerProbe
 ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
 {
@@ -196,6 +213,8 @@ ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(key));
 	slot = table_slot_create(ledger->heap, NULL);
+	if (IsolationIsSerializable())
+		predicate_lock_key(ledger, &skey, slot);
 	scan = index_beginscan(ledger->heap, ledger->index, &dirty, 1, 0);
 	index_rescan(scan, &skey, 1, NULL, 0);
 
