@@ -18,8 +18,8 @@ REGRESS = setup outcomes_once outcomes_newer outcomes_next outcomes_upsert \
 REGRESS_OPTS = --load-extension=idempotent
 
 # isolation specs: test/isolation/specs/NAME.spec against test/isolation/expected/NAME.out
-ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read \ serializable_skew
-	savepoint statement_wait upsert_race claim_race three_sessions deadlock
+ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read \
+	serializable_skew savepoint statement_wait upsert_race claim_race three_sessions deadlock
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
 
 # TAP tests (PostgreSQL::Test::Cluster): crashes, restarts
