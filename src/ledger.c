@@ -91,6 +91,36 @@ extension_schema(Oid extoid)
 	return nspoid;
 }
 
+/*
+ * Rows are written into the primary key only, so another index on the ledger
+ * would silently miss them: refuse to work until it is dropped.  Creating an
+ * index invalidates the ledger's relcache entry, which brings us back here.
+ */
+static void
+check_ledger_indexes(void)
+{
+	Relation	heap = table_open(ledger_heap_oid, AccessShareLock);
+	List	   *indexes = RelationGetIndexList(heap);
+	ListCell   *lc;
+
+	foreach(lc, indexes)
+	{
+		Oid			index = lfirst_oid(lc);
+
+		if (index != ledger_index_oid)
+		{
+			ledger_heap_oid = InvalidOid;
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("ledger of extension \"idempotent\" has an index it does not maintain: \"%s\"",
+							get_rel_name(index)),
+					 errhint("Drop that index: the extension writes the ledger's primary key only.")));
+		}
+	}
+	list_free(indexes);
+	table_close(heap, NoLock);
+}
+
 /* Find idem_ledger and its index in the extension's schema. */
 static void
 ledger_lookup(void)
@@ -115,6 +145,7 @@ ledger_lookup(void)
 	ledger_index_oid = get_relname_relid("idem_ledger_pkey", nspoid);
 	if (!OidIsValid(ledger_heap_oid) || !OidIsValid(ledger_index_oid))
 		elog(ERROR, "ledger of extension \"idempotent\" is missing");
+	check_ledger_indexes();
 }
 
 void

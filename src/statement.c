@@ -24,6 +24,7 @@
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/typcache.h"
 #include "utils/plancache.h"
 
 #include "statement.h"
@@ -35,9 +36,18 @@
 typedef struct Prepared
 {
 	SPIPlanPtr	plan;
-	Oid		   *param_types;	/* in the context the Prepared lives in */
+	Oid		   *arg_types;		/* the arguments' types, unknown for literals */
+	int			nargs;
+	Oid		   *param_types;	/* as resolved by the latest parse */
 	int			nparams;
 } Prepared;
+
+/* Parameters handed to the executor, converted when it fetches them. */
+typedef struct BoundParams
+{
+	const IdemStatement *stmt;
+	const Prepared *prepared;
+} BoundParams;
 
 typedef struct PlanEntry
 {
@@ -98,6 +108,12 @@ check_plan(SPIPlanPtr plan)
 				 errdetail("The string holds %d commands.", list_length(sources))));
 
 	source = linitial(sources);
+	if (IsA(source->raw_parse_tree->stmt, SelectStmt) &&
+		((SelectStmt *) source->raw_parse_tree->stmt)->intoClause != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("SELECT INTO is not allowed as the statement"),
+				 errdetail("The statement must be a SELECT, INSERT, UPDATE, DELETE, MERGE or CALL.")));
 	if (IsA(source->raw_parse_tree->stmt, TransactionStmt))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
@@ -124,31 +140,38 @@ check_plan(SPIPlanPtr plan)
 /*
  * Parse with variable parameters: typed arguments keep their types, and
  * untyped literals (type unknown) take the type their context gives them,
- * as they would written into the statement.  Runs again on every replan.
+ * as they would written into the statement.  Every parse, including a replan
+ * after search_path or a table changed, resolves them afresh.
  */
 static void
 parser_setup(struct ParseState *pstate, void *arg)
 {
 	Prepared   *prepared = (Prepared *) arg;
 
+	prepared->nparams = prepared->nargs;
+	if (prepared->nargs > 0)
+		memcpy(prepared->param_types, prepared->arg_types,
+			   prepared->nargs * sizeof(Oid));
 	setup_parse_variable_parameters(pstate, &prepared->param_types,
 									&prepared->nparams);
 }
 
 /*
- * Prepare and check the statement into *prepared, whose memory must last as
- * long as the plan; call within an SPI connection.
+ * Prepare and check the statement into *prepared, allocating what the plan
+ * needs for its lifetime in cxt; call within an SPI connection.
  */
 static void
 prepare(const IdemStatement *stmt, Prepared *prepared, MemoryContext cxt)
 {
 	char	   *sql = text_to_cstring(stmt->sql);
+	Size		size = Max(stmt->nargs, 1) * sizeof(Oid);
 	SPIPrepareOptions options;
 
-	prepared->nparams = stmt->nargs;
-	prepared->param_types = MemoryContextAlloc(cxt, Max(stmt->nargs, 1) * sizeof(Oid));
+	prepared->nargs = stmt->nargs;
+	prepared->arg_types = MemoryContextAlloc(cxt, size);
+	prepared->param_types = MemoryContextAlloc(cxt, size);
 	if (stmt->nargs > 0)
-		memcpy(prepared->param_types, stmt->types, stmt->nargs * sizeof(Oid));
+		memcpy(prepared->arg_types, stmt->types, stmt->nargs * sizeof(Oid));
 
 	memset(&options, 0, sizeof(options));
 	options.parserSetup = parser_setup;
@@ -193,8 +216,6 @@ remember(const IdemStatement *stmt)
 	}
 	PG_CATCH();
 	{
-		if (entry->prepared.param_types)
-			pfree(entry->prepared.param_types);
 		hash_search(plan_cache, &stmt->plan_hash, HASH_REMOVE, NULL);
 		PG_RE_THROW();
 	}
@@ -235,32 +256,60 @@ statement_check(IdemStatement *stmt)
 }
 
 /*
- * The arguments as the plan's parameters; untyped literals are converted
- * from their text to the type the parser resolved for them.
+ * The executor fetches parameters through this hook, after any replan, so an
+ * untyped literal is converted from its text to the type the latest parse
+ * resolved for it.
  */
-static ParamListInfo
-bind_params(const IdemStatement *stmt, const Prepared *prepared)
+static ParamExternData *
+fetch_param(ParamListInfo params, int paramid, bool speculative,
+			ParamExternData *workspace)
 {
-	ParamListInfo params = makeParamList(stmt->nargs);
+	BoundParams *bound = (BoundParams *) params->paramFetchArg;
+	ParamExternData *param = &params->params[paramid - 1];
+	Oid			type = bound->prepared->param_types[paramid - 1];
+	Datum		literal = bound->stmt->values[paramid - 1];
 
-	for (int i = 0; i < stmt->nargs; i++)
+	if (param->ptype != type)
 	{
-		ParamExternData *param = &params->params[i];
-		Oid			type = prepared->param_types[i];
-
-		param->isnull = (stmt->nulls[i] == 'n');
-		param->pflags = PARAM_FLAG_CONST;
 		param->ptype = type;
-		param->value = stmt->values[i];
-		if (!param->isnull && stmt->types[i] == UNKNOWNOID && type != UNKNOWNOID)
+		if (!param->isnull && type != UNKNOWNOID)
 		{
 			Oid			input;
 			Oid			ioparam;
 
 			getTypeInputInfo(type, &input, &ioparam);
-			param->value = OidInputFunctionCall(input, DatumGetCString(stmt->values[i]),
+			param->value = OidInputFunctionCall(input, DatumGetCString(literal),
 												ioparam, -1);
 		}
+	}
+	return param;
+}
+
+/* The arguments as the plan's parameters. */
+static ParamListInfo
+bind_params(const IdemStatement *stmt, const Prepared *prepared)
+{
+	ParamListInfo params = makeParamList(stmt->nargs);
+	bool		literals = false;
+
+	for (int i = 0; i < stmt->nargs; i++)
+	{
+		ParamExternData *param = &params->params[i];
+
+		param->isnull = (stmt->nulls[i] == 'n');
+		param->pflags = PARAM_FLAG_CONST;
+		param->ptype = stmt->types[i];
+		param->value = stmt->values[i];
+		literals |= (stmt->types[i] == UNKNOWNOID);
+	}
+	if (literals)
+	{
+		BoundParams *bound = palloc(sizeof(BoundParams));
+
+		bound->stmt = stmt;
+		bound->prepared = prepared;
+		params->paramFetch = fetch_param;
+		params->paramFetchArg = bound;
 	}
 	return params;
 }
@@ -333,18 +382,79 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 	SPI_finish();
 }
 
-/* Hash of one argument's value, by its type's storage. */
+/* How to hash one type's values; looked up once per type and backend. */
+typedef struct TypeHashInfo
+{
+	Oid			type;			/* hash key */
+	int16		typlen;
+	bool		byval;
+	bool		by_text;		/* hash the output text, not the bytes */
+	Oid			output;
+} TypeHashInfo;
+
+static HTAB *type_hash_cache = NULL;
+
+static const TypeHashInfo *
+type_hash_info(Oid type)
+{
+	TypeHashInfo info;
+	TypeHashInfo *entry;
+	Oid			elemtype;
+
+	if (type_hash_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(TypeHashInfo);
+		type_hash_cache = hash_create("idempotent argument types", 32, &ctl,
+									  HASH_ELEM | HASH_BLOBS);
+	}
+	entry = hash_search(type_hash_cache, &type, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry;
+
+	/*
+	 * Composite values carry a per-session record type id and keep their
+	 * fields' storage (compressed or not) in their bytes: equal values can
+	 * differ byte for byte, so those are hashed by their text.
+	 */
+	info.type = type;
+	get_typlenbyval(type, &info.typlen, &info.byval);
+	elemtype = get_element_type(type);
+	info.by_text = type_is_rowtype(type) ||
+		(OidIsValid(elemtype) && type_is_rowtype(elemtype));
+	info.output = InvalidOid;
+	if (info.by_text)
+	{
+		bool		isvarlena;
+
+		getTypeOutputInfo(type, &info.output, &isvarlena);
+	}
+
+	entry = hash_search(type_hash_cache, &type, HASH_ENTER, NULL);
+	*entry = info;
+	return entry;
+}
+
+static uint64
+hash_text(const char *str)
+{
+	return hash_bytes_extended((const unsigned char *) str, strlen(str), 0);
+}
+
+/* Hash of one argument's value, equal for equal requests in any session. */
 static uint64
 hash_value(Datum value, Oid type)
 {
-	int16		typlen;
-	bool		byval;
+	const TypeHashInfo *info = type_hash_info(type);
 	int64		scalar;
 
-	get_typlenbyval(type, &typlen, &byval);
-	if (byval)
+	if (info->by_text)
+		return hash_text(OidOutputFunctionCall(info->output, value));
+	if (info->byval)
 	{
-		switch (typlen)
+		switch (info->typlen)
 		{
 			case 1:
 				scalar = DatumGetChar(value);
@@ -361,18 +471,17 @@ hash_value(Datum value, Oid type)
 		}
 		return hash_bytes_uint32_extended((uint32) scalar, (uint64) (scalar >> 32));
 	}
-	if (typlen == -1)
+	if (info->typlen == -1)
 	{
 		struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
 
 		return hash_bytes_extended((const unsigned char *) VARDATA_ANY(v),
 								   VARSIZE_ANY_EXHDR(v), 0);
 	}
-	if (typlen == -2)
-		return hash_bytes_extended((const unsigned char *) DatumGetCString(value),
-								   strlen(DatumGetCString(value)), 0);
+	if (info->typlen == -2)
+		return hash_text(DatumGetCString(value));
 	return hash_bytes_extended((const unsigned char *) DatumGetPointer(value),
-							   typlen, 0);
+							   info->typlen, 0);
 }
 
 /* Fingerprint of the request: statement text, argument types and values. */
