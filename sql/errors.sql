@@ -311,6 +311,16 @@ SELECT * FROM err_items WHERE id >= 5 ORDER BY id;
 SELECT key, policy, version, rows FROM idem_ledger
 WHERE key IN ('eok:dup', 'eok:ver', 'eok:seq', 'eok:after-dup') ORDER BY key;
 
+-- another index on the ledger would miss the rows the extension writes:
+-- every call is refused until it is dropped
+CREATE INDEX idem_ledger_extra ON idem_ledger (applied_at);
+SELECT * FROM idem_claim('e:extra-index');
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_apply('eok:dup', NULL, 'SELECT 1 AS one');
+\echo SQLSTATE :SQLSTATE
+DROP INDEX idem_ledger_extra;
+SELECT status FROM idem_claim('e:extra-index');
+
 SELECT key FROM idem_ledger WHERE key LIKE 'e:%' ORDER BY key;
 DROP FUNCTION err_raise(text);
 DROP PROCEDURE err_commits();
