@@ -1,0 +1,140 @@
+# shellcheck shell=bash
+# scripts/lib.sh: shared helpers for this repository's scripts (run-tests.sh, demo.sh, ...).
+#
+# Source it from bash:   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Targets Debian 12 with Debian's PostgreSQL 15, run as root (as CI does) or as a user with sudo.
+# Sourcing it turns on `set -euo pipefail`, exports PG_CONFIG and puts PostgreSQL 15's bin/ first
+# on PATH. Functions:
+#   idem_ensure_deps [PKG...]   install what the build and the suites need (plus PKG...) if missing
+#   idem_build_install          make clean; make with -Werror; make install (as root)
+#   idem_as_root CMD...         run CMD as root: directly, or through sudo
+#   idem_as_pg CMD...           run CMD as the test user: `postgres` when we are root, else ourselves
+#   idem_tmpdir                 print a new private temp dir owned by the test user
+#   idem_cluster_start DIR [CONF]  throwaway cluster in DIR, socket-only; exports PGHOST etc.
+#   idem_cluster_stop [DIR]     stop it and remove DIR (kept on failure or with KEEP_TMP=1)
+set -euo pipefail
+
+IDEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # repository root
+PG_BINDIR=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BINDIR/pg_config
+PG_PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+PATH=$PG_BINDIR:$PATH
+export PG_CONFIG PATH
+IDEM_PGPORT=${IDEM_PGPORT:-54329}   # fixed is fine: the cluster listens only in its private dir
+IDEM_BASE_PKGS=(postgresql-server-dev-15 libipc-run-perl make gcc)
+
+idem_log() { printf '==> %s\n' "$*"; }
+idem_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+idem_is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# The OS user that owns throwaway clusters and runs the suites; PostgreSQL refuses to run as root.
+if idem_is_root; then IDEM_PG_USER=postgres; else IDEM_PG_USER=$(id -un); fi
+
+# idem_as_root CMD...: run CMD as root, directly or through sudo (which may ask for a password).
+idem_as_root() {
+	if idem_is_root; then "$@"
+	elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+	else echo "error: need root for: $*; run as root or install and configure sudo" >&2; return 1
+	fi
+}
+
+# idem_as_pg CMD...: run CMD as IDEM_PG_USER, keeping the environment (PATH included).
+idem_as_pg() {
+	if idem_is_root; then
+		getent passwd postgres >/dev/null || idem_die "no 'postgres' OS user (is postgresql-15 installed?)"
+		runuser -u postgres -- env PATH="$PATH" "$@"
+	else
+		"$@"
+	fi
+}
+
+# idem_ensure_deps [PKG...]: make sure PGXS, pg_isolation_regress, IPC::Run, make and gcc (and the
+# Debian packages PKG...) are there; otherwise apt-get install them as root or through sudo.
+idem_ensure_deps() {
+	local pkgs=() p
+	if [ ! -x "$PG_BINDIR/postgres" ] || [ ! -x "$PG_BINDIR/initdb" ]; then pkgs+=(postgresql-15); fi
+	if [ ! -f "$PG_PGXS_DIR/src/makefiles/pgxs.mk" ] ||
+		[ ! -x "$PG_PGXS_DIR/src/test/isolation/pg_isolation_regress" ] ||
+		! perl -MIPC::Run -e 1 >/dev/null 2>&1 ||
+		! command -v make >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
+		pkgs+=("${IDEM_BASE_PKGS[@]}")
+	fi
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
+	done
+	[ ${#pkgs[@]} -eq 0 ] && return 0
+
+	local hint="install them (as root: apt-get install -y ${pkgs[*]}), or rerun as root or as a user with sudo"
+	if ! idem_is_root && ! command -v sudo >/dev/null 2>&1; then
+		idem_die "missing Debian packages: ${pkgs[*]}; not root and no sudo, so cannot install them: $hint"
+	fi
+	idem_log "installing missing Debian packages: ${pkgs[*]}"
+	idem_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+		idem_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" ||
+		idem_die "could not install ${pkgs[*]}: $hint"
+}
+
+# idem_build_install: clean build of the extension with warnings as errors, as the invoking user,
+# then `make install` into PostgreSQL 15 as root.
+idem_build_install() {
+	idem_log "building the extension (PG_CFLAGS=-Werror)"
+	make -C "$IDEM_ROOT" -s clean PG_CONFIG="$PG_CONFIG"
+	make -C "$IDEM_ROOT" PG_CONFIG="$PG_CONFIG" PG_CFLAGS=-Werror
+	idem_log "installing the extension"
+	idem_as_root make -C "$IDEM_ROOT" install PG_CONFIG="$PG_CONFIG"
+}
+
+# idem_tmpdir: create a private temp dir (mktemp -d) owned by IDEM_PG_USER and print its path.
+# As root it lives under /tmp, so that postgres can reach it whatever TMPDIR says.
+idem_tmpdir() {
+	local dir
+	if idem_is_root; then
+		dir=$(mktemp -d /tmp/idem.XXXXXX)
+		chown postgres: "$dir"
+	else
+		dir=$(mktemp -d "${TMPDIR:-/tmp}/idem.XXXXXX")
+	fi
+	printf '%s\n' "$dir"
+}
+
+# idem_cluster_start DIR [CONF]: initdb a throwaway cluster in DIR/data (DIR from idem_tmpdir) and
+# start it listening only on a unix socket in DIR. CONF (default: $IDEM_PG_CONF) is extra
+# postgresql.conf text. shared_preload_libraries is left unset on purpose. Exports PGHOST, PGPORT,
+# PGUSER (the test user, the cluster's superuser) and PGDATABASE=postgres. Server log: DIR/server.log.
+idem_cluster_start() {
+	local dir=${1:?usage: idem_cluster_start DIR [CONF]} conf=${2-${IDEM_PG_CONF:-}}
+	[ -d "$dir" ] || idem_die "idem_cluster_start: $dir is not a directory (make it with idem_tmpdir)"
+	IDEM_CLUSTER_DIR=$dir
+	idem_log "starting a throwaway PostgreSQL 15 cluster in $dir (port $IDEM_PGPORT, socket only)"
+	(cd "$dir" && idem_as_pg initdb -D "$dir/data" -A trust -U "$IDEM_PG_USER" -E UTF8 --no-locale \
+		-N >"$dir/initdb.log" 2>&1) || { cat "$dir/initdb.log" >&2; idem_die "initdb failed"; }
+	idem_as_pg tee -a "$dir/data/postgresql.conf" >/dev/null <<-EOF
+
+		# throwaway test cluster
+		listen_addresses = ''
+		unix_socket_directories = '$dir'
+		port = $IDEM_PGPORT
+		$conf
+	EOF
+	(cd "$dir" && idem_as_pg pg_ctl -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null) ||
+		{ tail -n 30 "$dir/server.log" >&2 || true; idem_die "the cluster did not start; log: $dir/server.log"; }
+	export PGHOST=$dir PGPORT=$IDEM_PGPORT PGUSER=$IDEM_PG_USER PGDATABASE=postgres
+}
+
+# idem_cluster_stop [DIR]: stop the cluster in DIR (default: the last one started) and remove DIR,
+# unless KEEP_TMP=1, IDEM_FAILED=1, or the exit status at the call is non-zero, in which case DIR
+# and its logs are kept and their place printed. Safe to call twice and from `trap ... EXIT`.
+idem_cluster_stop() {
+	local rc=$? dir=${1:-${IDEM_CLUSTER_DIR:-}}
+	[ -n "$dir" ] && [ -d "$dir" ] || return 0
+	if [ -f "$dir/data/postmaster.pid" ]; then
+		(cd "$dir" && idem_as_pg pg_ctl -D "$dir/data" -m fast -w stop >/dev/null 2>&1) ||
+			echo "warning: could not stop the cluster in $dir/data" >&2
+	fi
+	if [ "$rc" -ne 0 ] || [ "${IDEM_FAILED:-0}" = 1 ] || [ "${KEEP_TMP:-0}" = 1 ]; then
+		echo "kept $dir for inspection (server log: $dir/server.log)"
+	else
+		rm -rf "$dir"
+	fi
+	return 0
+}
