@@ -4,6 +4,7 @@
 #   make install      install into the PostgreSQL that pg_config names
 #   make test         install what is missing, build with -Werror, install, run every suite
 #   make demo         payment stream through idem_apply beside a naive consumer
+#   make bench        cost per call against the bare statement, growth, pgbench, batches
 #   make installcheck run the suites against a server that is already running
 
 EXTENSION = idempotent
@@ -19,7 +20,7 @@ REGRESS_OPTS = --load-extension=idempotent
 
 # isolation specs: test/isolation/specs/NAME.spec against test/isolation/expected/NAME.out
 ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read \
-	serializable_skew savepoint statement_wait upsert_race claim_race three_sessions deadlock
+	serializable_skew ledger_invalidation savepoint statement_wait upsert_race claim_race three_sessions deadlock
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
 
 # TAP tests (PostgreSQL::Test::Cluster): crashes, restarts
@@ -32,9 +33,12 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-.PHONY: test demo
+.PHONY: test demo bench
 test:
 	scripts/run-tests.sh
 
 demo:
 	scripts/demo.sh
+
+bench:
+	scripts/bench.sh

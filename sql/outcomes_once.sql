@@ -82,3 +82,13 @@ SELECT * FROM idem_claim('o:6', NULL, 'once');
 
 SELECT key, policy, version, rows, result FROM idem_ledger WHERE key LIKE 'o:%' ORDER BY key;
 DROP TABLE once_orders;
+
+-- a duplicate is decided before its statement is planned: a later rename of
+-- the table it names does not make a redelivery (in a new session) fail
+CREATE TABLE once_renamed (a int);
+SELECT status FROM idem_apply('o:renamed', NULL, 'INSERT INTO once_renamed VALUES (1)');
+ALTER TABLE once_renamed RENAME TO once_renamed2;
+\c
+SELECT status, rows FROM idem_apply('o:renamed', NULL, 'INSERT INTO once_renamed VALUES (1)');
+SELECT count(*) FROM once_renamed2;
+DROP TABLE once_renamed2;

@@ -175,3 +175,15 @@ DROP TYPE param_pair;
 RESET timezone;
 RESET datestyle;
 RESET intervalstyle;
+
+-- untyped literals under a generic plan: every row compares with the value
+CREATE TABLE param_generic (id int, name text);
+INSERT INTO param_generic SELECT i, 'n' || i FROM generate_series(1, 100) i;
+SELECT i, (idem_apply('p:generic:' || i, NULL,
+    'UPDATE param_generic SET id = -id WHERE $1 = lower(name)', 'n7')).rows
+FROM generate_series(1, 8) i;
+SET plan_cache_mode = force_generic_plan;
+SELECT result FROM idem_apply('p:generic:count', NULL,
+    'SELECT count(*) AS n FROM param_generic WHERE $1 = lower(name)', 'n50');
+RESET plan_cache_mode;
+DROP TABLE param_generic;

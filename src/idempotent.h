@@ -9,8 +9,6 @@
 #ifndef IDEMPOTENT_H
 #define IDEMPOTENT_H
 
-#include "postgres.h"
-
 #include "utils/jsonb.h"
 
 /* SQLSTATEs of our own, in class ID ("idempotent") */

@@ -36,6 +36,7 @@
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "catalog/namespace.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -97,36 +98,37 @@ extension_schema(Oid extoid)
  * index invalidates the ledger's relcache entry, which brings us back here.
  */
 static void
-check_ledger_indexes(void)
+check_ledger_indexes(Oid heap_oid, Oid index_oid)
 {
-	Relation	heap = table_open(ledger_heap_oid, AccessShareLock);
+	Relation	heap = table_open(heap_oid, AccessShareLock);
 	List	   *indexes = RelationGetIndexList(heap);
 	ListCell   *lc;
 
 	foreach(lc, indexes)
 	{
-		Oid			index = lfirst_oid(lc);
-
-		if (index != ledger_index_oid)
-		{
-			ledger_heap_oid = InvalidOid;
+		if (lfirst_oid(lc) != index_oid)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("ledger of extension \"idempotent\" has an index it does not maintain: \"%s\"",
-							get_rel_name(index)),
-					 errhint("Drop that index: the extension writes the ledger's primary key only.")));
-		}
+					 errmsg("index \"%s\" on the ledger is not maintained by extension \"idempotent\"",
+							get_rel_name(lfirst_oid(lc))),
+					 errdetail("The extension writes the ledger's primary key only; another index would miss its rows."),
+					 errhint("Drop the index.  To rebuild the primary key, use REINDEX without CONCURRENTLY.")));
 	}
 	list_free(indexes);
 	table_close(heap, NoLock);
 }
 
-/* Find idem_ledger and its index in the extension's schema. */
+/*
+ * Find idem_ledger and its index in the extension's schema.  The cache is
+ * set last: opening relations here may run the invalidation callback.
+ */
 static void
 ledger_lookup(void)
 {
 	Oid			extoid;
 	Oid			nspoid;
+	Oid			heap_oid;
+	Oid			index_oid;
 
 	if (!ledger_callback_registered)
 	{
@@ -141,22 +143,40 @@ ledger_lookup(void)
 				 errmsg("extension \"idempotent\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION idempotent.")));
 	nspoid = extension_schema(extoid);
-	ledger_heap_oid = get_relname_relid("idem_ledger", nspoid);
-	ledger_index_oid = get_relname_relid("idem_ledger_pkey", nspoid);
-	if (!OidIsValid(ledger_heap_oid) || !OidIsValid(ledger_index_oid))
-		elog(ERROR, "ledger of extension \"idempotent\" is missing");
-	check_ledger_indexes();
+	heap_oid = get_relname_relid("idem_ledger", nspoid);
+	index_oid = get_relname_relid("idem_ledger_pkey", nspoid);
+	if (!OidIsValid(heap_oid) || !OidIsValid(index_oid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("ledger of extension \"idempotent\" is missing"),
+				 errdetail("Table \"idem_ledger\" and its index \"idem_ledger_pkey\" must be in schema \"%s\".",
+						   get_namespace_name(nspoid)),
+				 errhint("Drop and create the extension again.")));
+	check_ledger_indexes(heap_oid, index_oid);
+
+	ledger_heap_oid = heap_oid;
+	ledger_index_oid = index_oid;
 }
 
 void
 ledger_open(Ledger *ledger)
 {
+	Oid			heap_oid;
+	Oid			index_oid;
+
 	if (!OidIsValid(ledger_heap_oid))
 		ledger_lookup();
-	ledger->heap = table_open(ledger_heap_oid, RowExclusiveLock);
-	ledger->index = index_open(ledger_index_oid, RowExclusiveLock);
+	/* Copies: opening may process invalidations that reset the cache. */
+	heap_oid = ledger_heap_oid;
+	index_oid = ledger_index_oid;
+	ledger->heap = table_open(heap_oid, RowExclusiveLock);
+	ledger->index = index_open(index_oid, RowExclusiveLock);
 	if (RelationGetDescr(ledger->heap)->natts != Natts_ledger)
-		elog(ERROR, "ledger of extension \"idempotent\" has an unexpected shape");
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("ledger of extension \"idempotent\" has %d columns, not %d",
+						RelationGetDescr(ledger->heap)->natts, Natts_ledger),
+				 errhint("Drop and create the extension again.")));
 }
 
 void

@@ -18,6 +18,8 @@
 #include "nodes/params.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_param.h"
+#include "parser/parser.h"
+#include "tcop/utility.h"
 #include "tcop/cmdtag.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -25,7 +27,6 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/typcache.h"
-#include "utils/plancache.h"
 
 #include "statement.h"
 
@@ -47,6 +48,7 @@ typedef struct BoundParams
 {
 	const IdemStatement *stmt;
 	const Prepared *prepared;
+	MemoryContext cxt;			/* where converted values are made */
 } BoundParams;
 
 typedef struct PlanEntry
@@ -60,6 +62,21 @@ typedef struct PlanEntry
 } PlanEntry;
 
 static HTAB *plan_cache = NULL;
+
+/* size: of the jsonb, or (as_text) of its text so far, already too large */
+static void
+result_too_large(Size size, bool as_text)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("result of the statement is too large to store"),
+			 as_text ?
+			 errdetail("Its text takes more than %zu bytes; the limit is %d bytes of jsonb.",
+					   size, idem_max_result_bytes) :
+			 errdetail("It takes %zu bytes as jsonb; the limit is %d bytes.",
+					   size, idem_max_result_bytes),
+			 errhint("Return fewer rows or columns, or raise idempotent.max_result_bytes.")));
+}
 
 static uint64
 plan_hash(const IdemStatement *stmt)
@@ -90,51 +107,71 @@ plan_lookup(const IdemStatement *stmt)
 	return entry;
 }
 
-/* The statement must be one command that runs inside the caller's transaction. */
+/* Point a syntax error at the statement's text, not at the calling query. */
 static void
-check_plan(SPIPlanPtr plan)
+syntax_error_context(void *arg)
 {
-	List	   *sources = SPI_plan_get_plan_sources(plan);
-	CachedPlanSource *source;
+	const char *sql = (const char *) arg;
+	int			position = geterrposition();
 
-	if (sources == NIL)
+	if (position > 0)
+	{
+		errposition(0);
+		internalerrposition(position);
+		internalerrquery(sql);
+	}
+	else
+		errcontext("SQL statement \"%s\"", sql);
+}
+
+/*
+ * The statement must be one command that runs inside the caller's
+ * transaction.  Checked on the raw parse tree only: a duplicate must not
+ * fail because a table its statement names has since been renamed.
+ */
+static void
+check_syntax(const IdemStatement *stmt)
+{
+	char	   *sql = text_to_cstring(stmt->sql);
+	ErrorContextCallback context;
+	List	   *commands;
+	Node	   *command;
+
+	context.callback = syntax_error_context;
+	context.arg = sql;
+	context.previous = error_context_stack;
+	error_context_stack = &context;
+	commands = raw_parser(sql, RAW_PARSE_DEFAULT);
+	error_context_stack = context.previous;
+
+	if (commands == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("statement must not be empty")));
-	if (list_length(sources) > 1)
+	if (list_length(commands) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
 				 errmsg("statement must be a single SQL command"),
-				 errdetail("The string holds %d commands.", list_length(sources))));
+				 errdetail_plural("The string holds %d command.",
+								  "The string holds %d commands.",
+								  list_length(commands), list_length(commands))));
 
-	source = linitial(sources);
-	if (IsA(source->raw_parse_tree->stmt, SelectStmt) &&
-		((SelectStmt *) source->raw_parse_tree->stmt)->intoClause != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("SELECT INTO is not allowed as the statement"),
-				 errdetail("The statement must be a SELECT, INSERT, UPDATE, DELETE, MERGE or CALL.")));
-	if (IsA(source->raw_parse_tree->stmt, TransactionStmt))
+	command = linitial_node(RawStmt, commands)->stmt;
+	if (IsA(command, TransactionStmt))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
 				 errmsg("transaction control is not allowed in the statement"),
 				 errdetail("The statement runs in the caller's transaction, which commits or rolls back the key with it.")));
-	switch (source->commandTag)
-	{
-		case CMDTAG_SELECT:
-		case CMDTAG_INSERT:
-		case CMDTAG_UPDATE:
-		case CMDTAG_DELETE:
-		case CMDTAG_MERGE:
-		case CMDTAG_CALL:
-			break;
-		default:
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("%s is not allowed as the statement",
-							GetCommandTagName(source->commandTag)),
-					 errdetail("The statement must be a SELECT, INSERT, UPDATE, DELETE, MERGE or CALL.")));
-	}
+	if ((IsA(command, SelectStmt) && ((SelectStmt *) command)->intoClause == NULL) ||
+		IsA(command, InsertStmt) || IsA(command, UpdateStmt) ||
+		IsA(command, DeleteStmt) || IsA(command, MergeStmt) ||
+		IsA(command, CallStmt))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("%s is not allowed as the statement",
+					GetCommandTagName(CreateCommandTag(command))),
+			 errdetail("The statement must be a SELECT, INSERT, UPDATE, DELETE, MERGE or CALL.")));
 }
 
 /*
@@ -156,43 +193,52 @@ parser_setup(struct ParseState *pstate, void *arg)
 									&prepared->nparams);
 }
 
-/*
- * Prepare and check the statement into *prepared, allocating what the plan
- * needs for its lifetime in cxt; call within an SPI connection.
- */
+/* Arrays for the parameter types of stmt, allocated in cxt. */
 static void
-prepare(const IdemStatement *stmt, Prepared *prepared, MemoryContext cxt)
+init_prepared(const IdemStatement *stmt, Prepared *prepared, MemoryContext cxt)
 {
-	char	   *sql = text_to_cstring(stmt->sql);
 	Size		size = Max(stmt->nargs, 1) * sizeof(Oid);
-	SPIPrepareOptions options;
 
+	prepared->plan = NULL;
 	prepared->nargs = stmt->nargs;
 	prepared->arg_types = MemoryContextAlloc(cxt, size);
 	prepared->param_types = MemoryContextAlloc(cxt, size);
 	if (stmt->nargs > 0)
 		memcpy(prepared->arg_types, stmt->types, stmt->nargs * sizeof(Oid));
+}
+
+/* Prepare the statement into *prepared; call within an SPI connection. */
+static void
+prepare(const IdemStatement *stmt, Prepared *prepared)
+{
+	SPIPrepareOptions options;
+	SPIPlanPtr	plan;
 
 	memset(&options, 0, sizeof(options));
 	options.parserSetup = parser_setup;
 	options.parserSetupArg = prepared;
 	options.parseMode = RAW_PARSE_DEFAULT;
-	prepared->plan = SPI_prepare_extended(sql, &options);
-	if (prepared->plan == NULL)
+	plan = SPI_prepare_extended(text_to_cstring(stmt->sql), &options);
+	if (plan == NULL)
 		elog(ERROR, "SPI_prepare_extended failed: %s", SPI_result_code_string(SPI_result));
-	check_plan(prepared->plan);
 	if (prepared->nparams > stmt->nargs)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_PARAMETER),
 				 errmsg("there is no parameter $%d", prepared->nparams),
-				 errdetail("The statement uses $%d, but %d arguments were given.",
-						   prepared->nparams, stmt->nargs)));
+				 errdetail_plural("The statement uses $%d, but %d argument was given.",
+								  "The statement uses $%d, but %d arguments were given.",
+								  stmt->nargs, prepared->nparams, stmt->nargs)));
+	prepared->plan = plan;
 }
 
-/* Keep a checked plan for the rest of the backend's life, if there is room. */
+/*
+ * Remember a statement that passed check_syntax(), if there is room; its plan
+ * is made the first time the statement applies.
+ */
 static void
 remember(const IdemStatement *stmt)
 {
+	PlanEntry	filled;
 	PlanEntry  *entry;
 
 	if (plan_cache == NULL)
@@ -204,36 +250,27 @@ remember(const IdemStatement *stmt)
 		plan_cache = hash_create("idempotent plans", 64, &ctl,
 								 HASH_ELEM | HASH_BLOBS);
 	}
-	/* Full, or another statement with the same hash: plan per call. */
+	/* Full, or another statement with the same hash: check and plan per call. */
 	if (hash_get_num_entries(plan_cache) >= PLAN_CACHE_SIZE ||
 		hash_search(plan_cache, &stmt->plan_hash, HASH_FIND, NULL) != NULL)
 		return;
 
-	entry = hash_search(plan_cache, &stmt->plan_hash, HASH_ENTER, NULL);
-	PG_TRY();
-	{
-		prepare(stmt, &entry->prepared, TopMemoryContext);
-	}
-	PG_CATCH();
-	{
-		hash_search(plan_cache, &stmt->plan_hash, HASH_REMOVE, NULL);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	SPI_keepplan(entry->prepared.plan);
+	/* Fill it completely before it becomes visible. */
+	filled.hash = stmt->plan_hash;
+	filled.sql_len = VARSIZE_ANY_EXHDR(stmt->sql);
+	filled.sql = MemoryContextAlloc(TopMemoryContext, filled.sql_len);
+	memcpy(filled.sql, VARDATA_ANY(stmt->sql), filled.sql_len);
+	filled.nargs = stmt->nargs;
+	init_prepared(stmt, &filled.prepared, TopMemoryContext);
+	filled.types = filled.prepared.arg_types;
 
-	entry->sql_len = VARSIZE_ANY_EXHDR(stmt->sql);
-	entry->sql = MemoryContextAlloc(TopMemoryContext, entry->sql_len);
-	memcpy(entry->sql, VARDATA_ANY(stmt->sql), entry->sql_len);
-	entry->nargs = stmt->nargs;
-	entry->types = MemoryContextAlloc(TopMemoryContext, Max(stmt->nargs, 1) * sizeof(Oid));
-	if (stmt->nargs > 0)
-		memcpy(entry->types, stmt->types, stmt->nargs * sizeof(Oid));
+	entry = hash_search(plan_cache, &stmt->plan_hash, HASH_ENTER, NULL);
+	*entry = filled;
 }
 
 /*
  * Check the statement before anything is decided, so that bad input is
- * reported on every path; on first sight the plan is prepared and kept.
+ * reported on every path, duplicates included.
  */
 void
 statement_check(IdemStatement *stmt)
@@ -241,24 +278,15 @@ statement_check(IdemStatement *stmt)
 	stmt->plan_hash = plan_hash(stmt);
 	if (plan_lookup(stmt) != NULL)
 		return;
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	check_syntax(stmt);
 	remember(stmt);
-	if (plan_lookup(stmt) == NULL)
-	{
-		/* not kept: check it all the same, the plan goes with SPI_finish */
-		Prepared	prepared;
-
-		prepare(stmt, &prepared, CurrentMemoryContext);
-	}
-	SPI_finish();
 }
 
 /*
  * The executor fetches parameters through this hook, after any replan, so an
  * untyped literal is converted from its text to the type the latest parse
- * resolved for it.
+ * resolved for it.  The value is made in the SPI connection's memory, which
+ * lasts as long as the execution.
  */
 static ParamExternData *
 fetch_param(ParamListInfo params, int paramid, bool speculative,
@@ -267,25 +295,34 @@ fetch_param(ParamListInfo params, int paramid, bool speculative,
 	BoundParams *bound = (BoundParams *) params->paramFetchArg;
 	ParamExternData *param = &params->params[paramid - 1];
 	Oid			type = bound->prepared->param_types[paramid - 1];
-	Datum		literal = bound->stmt->values[paramid - 1];
 
-	if (param->ptype != type)
+	if (param->ptype != type && !param->isnull && type != UNKNOWNOID)
 	{
-		param->ptype = type;
-		if (!param->isnull && type != UNKNOWNOID)
-		{
-			Oid			input;
-			Oid			ioparam;
+		Oid			input;
+		Oid			ioparam;
+		MemoryContext old;
 
-			getTypeInputInfo(type, &input, &ioparam);
-			param->value = OidInputFunctionCall(input, DatumGetCString(literal),
-												ioparam, -1);
+		/* The planner asks speculatively; it must not see a conversion error. */
+		if (speculative)
+		{
+			workspace->ptype = InvalidOid;
+			workspace->isnull = true;
+			workspace->value = (Datum) 0;
+			workspace->pflags = 0;
+			return workspace;
 		}
+		getTypeInputInfo(type, &input, &ioparam);
+		old = MemoryContextSwitchTo(bound->cxt);
+		param->value = OidInputFunctionCall(input,
+											DatumGetCString(bound->stmt->values[paramid - 1]),
+											ioparam, -1);
+		MemoryContextSwitchTo(old);
 	}
+	param->ptype = type;
 	return param;
 }
 
-/* The arguments as the plan's parameters. */
+/* The arguments as the plan's parameters; call within the SPI connection. */
 static ParamListInfo
 bind_params(const IdemStatement *stmt, const Prepared *prepared)
 {
@@ -308,20 +345,25 @@ bind_params(const IdemStatement *stmt, const Prepared *prepared)
 
 		bound->stmt = stmt;
 		bound->prepared = prepared;
+		bound->cxt = CurrentMemoryContext;
 		params->paramFetch = fetch_param;
 		params->paramFetchArg = bound;
 	}
 	return params;
 }
 
-/* Rows returned by the statement as a jsonb array of objects, in context cxt. */
+/*
+ * Rows returned by the statement as a jsonb array of objects, copied into
+ * context cxt.  A result over the limit is refused as soon as its text shows
+ * it cannot fit.
+ */
 static Jsonb *
 rows_to_jsonb(SPITupleTable *tuptable, uint64 nrows, MemoryContext cxt)
 {
 	TupleDesc	desc = BlessTupleDesc(tuptable->tupdesc);
 	StringInfoData buf;
-	MemoryContext spicxt;
 	Jsonb	   *result;
+	Jsonb	   *copy;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '[');
@@ -333,21 +375,17 @@ rows_to_jsonb(SPITupleTable *tuptable, uint64 nrows, MemoryContext cxt)
 		if (i > 0)
 			appendStringInfoChar(&buf, ',');
 		appendBinaryStringInfo(&buf, VARDATA_ANY(json), VARSIZE_ANY_EXHDR(json));
+		if ((Size) buf.len > (Size) idem_max_result_bytes * 4)
+			result_too_large(buf.len, true);
 	}
 	appendStringInfoChar(&buf, ']');
 
-	spicxt = MemoryContextSwitchTo(cxt);
 	result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
-	MemoryContextSwitchTo(spicxt);
-
 	if (VARSIZE(result) > idem_max_result_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("result of the statement is too large to store"),
-				 errdetail("It takes %u bytes as jsonb; the limit is %d bytes.",
-						   (unsigned) VARSIZE(result), idem_max_result_bytes),
-				 errhint("Return fewer rows or columns, or raise idempotent.max_result_bytes.")));
-	return result;
+		result_too_large(VARSIZE(result), false);
+	copy = MemoryContextAlloc(cxt, VARSIZE(result));
+	memcpy(copy, result, VARSIZE(result));
+	return copy;
 }
 
 /* Run the statement as the calling role; its rows and result for the ledger. */
@@ -363,11 +401,20 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 		elog(ERROR, "SPI_connect failed");
 	entry = plan_lookup(stmt);
 	if (entry != NULL)
+	{
 		prepared = &entry->prepared;
+		if (prepared->plan == NULL)
+		{
+			prepare(stmt, prepared);
+			SPI_keepplan(prepared->plan);
+		}
+	}
 	else
 	{
+		/* not remembered (the cache is full): a plan for this call only */
 		prepared = palloc(sizeof(Prepared));
-		prepare(stmt, prepared, CurrentMemoryContext);
+		init_prepared(stmt, prepared, CurrentMemoryContext);
+		prepare(stmt, prepared);
 	}
 
 	rc = SPI_execute_plan_with_paramlist(prepared->plan, bind_params(stmt, prepared),
