@@ -311,17 +311,37 @@ SELECT * FROM err_items WHERE id >= 5 ORDER BY id;
 SELECT key, policy, version, rows FROM idem_ledger
 WHERE key IN ('eok:dup', 'eok:ver', 'eok:seq', 'eok:after-dup') ORDER BY key;
 
--- another index on the ledger would miss the rows the extension writes:
--- every call is refused until it is dropped
-CREATE INDEX idem_ledger_extra ON idem_ledger (applied_at);
+-- an expression, partial or exclusion index on the ledger cannot be
+-- maintained by the extension: every call is refused until it is dropped
+CREATE INDEX idem_ledger_extra ON idem_ledger (lower(key));
 SELECT * FROM idem_claim('e:extra-index');
 \echo SQLSTATE :SQLSTATE
 SELECT * FROM idem_apply('eok:dup', NULL, 'SELECT 1 AS one');
 \echo SQLSTATE :SQLSTATE
 DROP INDEX idem_ledger_extra;
 SELECT status FROM idem_claim('e:extra-index');
+-- a plain-column index is maintained with the primary key
+CREATE EXTENSION amcheck;
+CREATE INDEX idem_ledger_plain ON idem_ledger (applied_at, policy);
+SELECT status FROM idem_claim('e:plain-index');
+SELECT status FROM idem_apply('e:plain-index-v', 1, 'SELECT 1 AS one');
+SELECT status FROM idem_apply('e:plain-index-v', 2, 'SELECT 2 AS two');
+-- (amcheck raises an error if an index misses a heap tuple)
+SELECT bt_index_check('idem_ledger_plain', true)::text AS plain_index_checked,
+       bt_index_check('idem_ledger_pkey', true)::text AS pkey_checked;
+DROP INDEX idem_ledger_plain;
+DROP EXTENSION amcheck;
 
 SELECT key FROM idem_ledger WHERE key LIKE 'e:%' ORDER BY key;
 DROP FUNCTION err_raise(text);
 DROP PROCEDURE err_commits();
 DROP TABLE err_items;
+
+-- a statement that applies its own key again: a clear error, nothing recorded
+SELECT * FROM idem_apply('e:nested', NULL,
+    $$SELECT (idem_apply('e:nested', NULL, 'SELECT 1 AS x')).status AS inner_status$$);
+\echo SQLSTATE :SQLSTATE
+SELECT count(*) AS recorded FROM idem_ledger WHERE key = 'e:nested';
+-- another key inside is fine
+SELECT status, result FROM idem_apply('eok:outer', NULL,
+    $$SELECT (idem_apply('eok:inner', NULL, 'SELECT 1 AS x')).status AS inner_status$$);

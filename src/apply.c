@@ -17,6 +17,51 @@
 #include "ledger.h"
 #include "statement.h"
 
+/*
+ * Keys whose statements are running in this backend, outermost first: a
+ * statement that applies its own key again would otherwise collide with the
+ * ledger row its enclosing call is about to write.
+ */
+#define MAX_NESTED_KEYS 16
+static text *applying_keys[MAX_NESTED_KEYS];
+static int	napplying_keys = 0;
+
+static void
+check_not_applying(text *key)
+{
+	for (int i = 0; i < napplying_keys; i++)
+	{
+		text	   *outer = applying_keys[i];
+
+		if (VARSIZE_ANY_EXHDR(outer) == VARSIZE_ANY_EXHDR(key) &&
+			memcmp(VARDATA_ANY(outer), VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("key \"%s\" is already being applied by an enclosing call",
+							text_to_cstring(key)),
+					 errdetail("The statement of a call on a key must not apply the same key.")));
+	}
+}
+
+/* Run the statement with its key marked as being applied. */
+static void
+run_statement(const IdemRequest *req, int64 *rows, Jsonb **result)
+{
+	int			depth = napplying_keys;
+
+	if (depth < MAX_NESTED_KEYS)
+		applying_keys[napplying_keys++] = req->key;
+	PG_TRY();
+	{
+		statement_run(req->stmt, rows, result);
+	}
+	PG_FINALLY();
+	{
+		napplying_keys = depth;
+	}
+	PG_END_TRY();
+}
+
 const char *
 idem_policy_name(IdemPolicy policy)
 {
@@ -149,7 +194,7 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 
 	if (req->stmt != NULL)
 	{
-		statement_run(req->stmt, &row.rows, &row.result);
+		run_statement(req, &row.rows, &row.result);
 		row.has_rows = true;
 	}
 
@@ -173,6 +218,8 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 	bool		locked = false;
 
 	memset(out, 0, sizeof(IdemOutcome));
+	if (napplying_keys > 0)
+		check_not_applying(req->key);
 	ledger_open(&ledger);
 
 	for (;;)

@@ -93,12 +93,15 @@ extension_schema(Oid extoid)
 }
 
 /*
- * Rows are written into the primary key only, so another index on the ledger
- * would silently miss them: refuse to work until it is dropped.  Creating an
- * index invalidates the ledger's relcache entry, which brings us back here.
+ * The ledger's rows are written here, not by the executor, so its indexes
+ * are maintained here too: plain-column indexes only (REINDEX CONCURRENTLY
+ * builds one such beside the primary key).  An expression, partial or
+ * exclusion index would need an executor state: refuse to work beside one.
+ * Creating an index invalidates the ledger's relcache entry, which brings
+ * us back here.
  */
 static void
-check_ledger_indexes(Oid heap_oid, Oid index_oid)
+check_ledger_indexes(Oid heap_oid)
 {
 	Relation	heap = table_open(heap_oid, AccessShareLock);
 	List	   *indexes = RelationGetIndexList(heap);
@@ -106,13 +109,18 @@ check_ledger_indexes(Oid heap_oid, Oid index_oid)
 
 	foreach(lc, indexes)
 	{
-		if (lfirst_oid(lc) != index_oid)
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+		IndexInfo  *info = BuildIndexInfo(index);
+
+		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL ||
+			info->ii_ExclusionOps != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("index \"%s\" on the ledger is not maintained by extension \"idempotent\"",
-							get_rel_name(lfirst_oid(lc))),
-					 errdetail("The extension writes the ledger's primary key only; another index would miss its rows."),
-					 errhint("Drop the index.  To rebuild the primary key, use REINDEX without CONCURRENTLY.")));
+					 errmsg("index \"%s\" on the ledger is not supported by extension \"idempotent\"",
+							RelationGetRelationName(index)),
+					 errdetail("The extension maintains plain-column indexes on the ledger, not expression, partial or exclusion indexes."),
+					 errhint("Drop the index.")));
+		index_close(index, AccessShareLock);
 	}
 	list_free(indexes);
 	table_close(heap, NoLock);
@@ -152,7 +160,7 @@ ledger_lookup(void)
 				 errdetail("Table \"idem_ledger\" and its index \"idem_ledger_pkey\" must be in schema \"%s\".",
 						   get_namespace_name(nspoid)),
 				 errhint("Drop and create the extension again.")));
-	check_ledger_indexes(heap_oid, index_oid);
+	check_ledger_indexes(heap_oid);
 
 	ledger_heap_oid = heap_oid;
 	ledger_index_oid = index_oid;
@@ -354,14 +362,40 @@ form_row(Ledger *ledger, text *key, const LedgerRow *row)
 	return heap_form_tuple(RelationGetDescr(ledger->heap), values, nulls);
 }
 
+/*
+ * Index a new heap tuple in every index ready for inserts: the primary key,
+ * and any plain-column index beside it (see check_ledger_indexes).
+ */
 static void
-insert_index_entry(Ledger *ledger, text *key, ItemPointer tid)
+insert_index_entries(Ledger *ledger, HeapTuple tuple)
 {
-	Datum		value = PointerGetDatum(key);
-	bool		isnull = false;
+	TupleDesc	desc = RelationGetDescr(ledger->heap);
+	List	   *indexes = RelationGetIndexList(ledger->heap);
+	ListCell   *lc;
 
-	index_insert(ledger->index, &value, &isnull, tid, ledger->heap,
-				 UNIQUE_CHECK_YES, false, BuildIndexInfo(ledger->index));
+	foreach(lc, indexes)
+	{
+		Oid			oid = lfirst_oid(lc);
+		Relation	index = oid == RelationGetRelid(ledger->index) ? ledger->index :
+			index_open(oid, RowExclusiveLock);
+		IndexInfo  *info;
+		Datum		values[INDEX_MAX_KEYS];
+		bool		nulls[INDEX_MAX_KEYS];
+
+		if (index->rd_index->indisready)
+		{
+			info = BuildIndexInfo(index);
+			for (int i = 0; i < info->ii_NumIndexAttrs; i++)
+				values[i] = heap_getattr(tuple, info->ii_IndexAttrNumbers[i],
+										 desc, &nulls[i]);
+			index_insert(index, values, nulls, &tuple->t_self, ledger->heap,
+						 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+						 false, info);
+		}
+		if (index != ledger->index)
+			index_close(index, NoLock);
+	}
+	list_free(indexes);
 }
 
 /* Insert a new key; the caller holds the key's lock and saw it absent. */
@@ -371,21 +405,49 @@ ledger_insert(Ledger *ledger, text *key, const LedgerRow *row)
 	HeapTuple	tuple = form_row(ledger, key, row);
 
 	heap_insert(ledger->heap, tuple, GetCurrentCommandId(true), 0, NULL);
-	insert_index_entry(ledger, key, &tuple->t_self);
+	insert_index_entries(ledger, tuple);
 	heap_freetuple(tuple);
 	CommandCounterIncrement();
 }
 
-/* Replace the row a probe found at row->tid; the caller holds the key's lock. */
+/*
+ * Replace the row a probe found at row->tid; the caller holds the key's lock,
+ * so only a writer that does not take it (a manual DELETE or UPDATE by a
+ * superuser) can have changed the row meanwhile.
+ */
 void
 ledger_update(Ledger *ledger, text *key, const LedgerRow *row)
 {
 	HeapTuple	tuple = form_row(ledger, key, row);
 	ItemPointerData otid = row->tid;
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	TM_Result	result;
 
-	simple_heap_update(ledger->heap, &otid, tuple);
-	if (!HeapTupleIsHeapOnly(tuple))
-		insert_index_entry(ledger, key, &tuple->t_self);
+	result = heap_update(ledger->heap, &otid, tuple, GetCurrentCommandId(true),
+						 InvalidSnapshot, true, &tmfd, &lockmode);
+	switch (result)
+	{
+		case TM_Ok:
+			if (!HeapTupleIsHeapOnly(tuple))
+				insert_index_entries(ledger, tuple);
+			break;
+		case TM_Deleted:
+			/* the key was deleted meanwhile: it is absent now, record it anew */
+			heap_insert(ledger->heap, tuple, GetCurrentCommandId(true), 0, NULL);
+			insert_index_entries(ledger, tuple);
+			break;
+		case TM_Updated:
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update"),
+					 errdetail("Key \"%s\" was changed in the ledger by another transaction.",
+							   text_to_cstring(key)),
+					 errhint("The transaction might succeed if retried.")));
+			break;
+		default:
+			elog(ERROR, "unexpected heap_update status %u for the ledger", result);
+	}
 	heap_freetuple(tuple);
 	CommandCounterIncrement();
 }

@@ -26,6 +26,8 @@
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/inval.h"
+#include "utils/syscache.h"
 #include "utils/typcache.h"
 
 #include "statement.h"
@@ -440,6 +442,18 @@ typedef struct TypeHashInfo
 } TypeHashInfo;
 
 static HTAB *type_hash_cache = NULL;
+static bool type_callback_registered = false;
+
+/* A type changed or was dropped: its OID may come back as another type. */
+static void
+type_hash_cache_reset(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (type_hash_cache != NULL)
+	{
+		hash_destroy(type_hash_cache);
+		type_hash_cache = NULL;
+	}
+}
 
 static const TypeHashInfo *
 type_hash_info(Oid type)
@@ -456,6 +470,11 @@ type_hash_info(Oid type)
 		ctl.entrysize = sizeof(TypeHashInfo);
 		type_hash_cache = hash_create("idempotent argument types", 32, &ctl,
 									  HASH_ELEM | HASH_BLOBS);
+		if (!type_callback_registered)
+		{
+			CacheRegisterSyscacheCallback(TYPEOID, type_hash_cache_reset, (Datum) 0);
+			type_callback_registered = true;
+		}
 	}
 	entry = hash_search(type_hash_cache, &type, HASH_FIND, NULL);
 	if (entry != NULL)
