@@ -158,7 +158,8 @@ decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 		check_fingerprint(req, row);
 		out->has_rows = row->has_rows;
 		out->rows = row->rows;
-		out->result = row->result;
+		out->result = row->result == NULL ? NULL :
+			DatumGetJsonbPCopy(PointerGetDatum(row->result));
 	}
 	if (out->status == IDEM_APPLIED)
 	{
@@ -191,6 +192,9 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	row.has_rows = false;
 	row.rows = 0;
 	row.result = NULL;
+
+	/* Let go of the probed ledger page while the statement runs. */
+	ExecClearTuple(ledger->slot);
 
 	if (req->stmt != NULL)
 	{

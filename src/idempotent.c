@@ -218,8 +218,18 @@ run_request(FunctionCallInfo fcinfo, IdemRequest *req)
 	Datum		values[6];
 	bool		nulls[6];
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+	/* The outcome's row type, looked up once per call site. */
+	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	if (desc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		fcinfo->flinfo->fn_extra = desc;
+		MemoryContextSwitchTo(old);
+	}
 
 	if (req->stmt != NULL)
 		req->fingerprint = statement_fingerprint(req->stmt);
@@ -238,7 +248,6 @@ run_request(FunctionCallInfo fcinfo, IdemRequest *req)
 	values[5] = PointerGetDatum(out.result);
 	nulls[5] = (out.result == NULL);
 
-	desc = BlessTupleDesc(desc);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

@@ -179,6 +179,7 @@ ledger_open(Ledger *ledger)
 	index_oid = ledger_index_oid;
 	ledger->heap = table_open(heap_oid, RowExclusiveLock);
 	ledger->index = index_open(index_oid, RowExclusiveLock);
+	ledger->slot = table_slot_create(ledger->heap, NULL);
 	if (RelationGetDescr(ledger->heap)->natts != Natts_ledger)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -190,6 +191,7 @@ ledger_open(Ledger *ledger)
 void
 ledger_close(Ledger *ledger)
 {
+	ExecDropSingleTupleTableSlot(ledger->slot);
 	index_close(ledger->index, NoLock);
 	table_close(ledger->heap, NoLock);
 }
@@ -239,7 +241,7 @@ row_from_slot(TupleTableSlot *slot, LedgerRow *row)
 		DatumGetInt64(values[Anum_ledger_fingerprint - 1]) : 0;
 	row->policy = (IdemPolicy) DatumGetChar(values[Anum_ledger_policy - 1]);
 	row->result = nulls[Anum_ledger_result - 1] ? NULL :
-		DatumGetJsonbPCopy(values[Anum_ledger_result - 1]);
+		(Jsonb *) DatumGetPointer(values[Anum_ledger_result - 1]);
 }
 
 /*
@@ -265,13 +267,12 @@ ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
 	SnapshotData dirty;
 	ScanKeyData skey;
 	IndexScanDesc scan;
-	TupleTableSlot *slot;
+	TupleTableSlot *slot = ledger->slot;
 	LedgerProbe result = LEDGER_ABSENT;
 
 	InitDirtySnapshot(dirty);
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(key));
-	slot = table_slot_create(ledger->heap, NULL);
 	if (IsolationIsSerializable())
 		predicate_lock_key(ledger, &skey, slot);
 	scan = index_beginscan(ledger->heap, ledger->index, &dirty, 1, 0);
@@ -295,7 +296,6 @@ ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
 	}
 
 	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
 	return result;
 }
 

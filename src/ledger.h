@@ -7,15 +7,17 @@
 
 #include "idempotent.h"
 
+#include "executor/tuptable.h"
 #include "storage/itemptr.h"
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
 
-/* An open ledger: the heap and its unique index on key. */
+/* An open ledger: the heap, its unique index on key, and a slot for probes. */
 typedef struct Ledger
 {
 	Relation	heap;
 	Relation	index;
+	TupleTableSlot *slot;
 } Ledger;
 
 /* One ledger row, as read by a probe or about to be written. */
@@ -30,7 +32,8 @@ typedef struct LedgerRow
 	bool		has_fingerprint;
 	int64		fingerprint;
 	TimestampTz applied_at;
-	Jsonb	   *result;			/* NULL when none */
+	Jsonb	   *result;			/* NULL when none; from a probe: possibly
+								 * toasted, valid until the next probe */
 } LedgerRow;
 
 typedef enum LedgerProbe
