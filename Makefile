@@ -33,6 +33,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# every object sees the shared structs: rebuild them all when a header changes
+$(OBJS): $(wildcard src/*.h)
+
 .PHONY: test demo bench
 test:
 	scripts/run-tests.sh

@@ -180,6 +180,7 @@ ledger_open(Ledger *ledger)
 	ledger->heap = table_open(heap_oid, RowExclusiveLock);
 	ledger->index = index_open(index_oid, RowExclusiveLock);
 	ledger->slot = table_slot_create(ledger->heap, NULL);
+	ledger->scan = NULL;
 	if (RelationGetDescr(ledger->heap)->natts != Natts_ledger)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -191,6 +192,8 @@ ledger_open(Ledger *ledger)
 void
 ledger_close(Ledger *ledger)
 {
+	if (ledger->scan != NULL)
+		index_endscan(ledger->scan);
 	ExecDropSingleTupleTableSlot(ledger->slot);
 	index_close(ledger->index, NoLock);
 	table_close(ledger->heap, NoLock);
@@ -264,27 +267,29 @@ predicate_lock_key(Ledger *ledger, ScanKey skey, TupleTableSlot *slot)
 LedgerProbe
 ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
 {
-	SnapshotData dirty;
+	SnapshotData *dirty = &ledger->dirty;
 	ScanKeyData skey;
-	IndexScanDesc scan;
 	TupleTableSlot *slot = ledger->slot;
 	LedgerProbe result = LEDGER_ABSENT;
 
-	InitDirtySnapshot(dirty);
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(key));
 	if (IsolationIsSerializable())
 		predicate_lock_key(ledger, &skey, slot);
-	scan = index_beginscan(ledger->heap, ledger->index, &dirty, 1, 0);
-	index_rescan(scan, &skey, 1, NULL, 0);
+	if (ledger->scan == NULL)
+	{
+		InitDirtySnapshot(*dirty);
+		ledger->scan = index_beginscan(ledger->heap, ledger->index, dirty, 1, 0);
+	}
+	index_rescan(ledger->scan, &skey, 1, NULL, 0);
 
 	/* The dirty snapshot reports who is inserting or deleting a row. */
-	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	if (index_getnext_slot(ledger->scan, ForwardScanDirection, slot))
 	{
-		if (TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax))
+		if (TransactionIdIsValid(dirty->xmin) || TransactionIdIsValid(dirty->xmax))
 		{
-			writer->xid = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
-			writer->spec_token = dirty.speculativeToken;
+			writer->xid = TransactionIdIsValid(dirty->xmin) ? dirty->xmin : dirty->xmax;
+			writer->spec_token = dirty->speculativeToken;
 			result = LEDGER_BUSY;
 		}
 		else
@@ -294,8 +299,6 @@ ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
 			result = LEDGER_FOUND;
 		}
 	}
-
-	index_endscan(scan);
 	return result;
 }
 

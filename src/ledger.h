@@ -7,17 +7,21 @@
 
 #include "idempotent.h"
 
+#include "access/genam.h"
 #include "executor/tuptable.h"
+#include "utils/snapshot.h"
 #include "storage/itemptr.h"
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
 
-/* An open ledger: the heap, its unique index on key, and a slot for probes. */
+/* An open ledger: the heap, its unique index on key, and what probes reuse. */
 typedef struct Ledger
 {
 	Relation	heap;
 	Relation	index;
 	TupleTableSlot *slot;
+	SnapshotData dirty;			/* reports who is writing a probed row */
+	IndexScanDesc scan;			/* begun by the first probe */
 } Ledger;
 
 /* One ledger row, as read by a probe or about to be written. */
