@@ -9,8 +9,8 @@
 
 EXTENSION = idempotent
 MODULE_big = idempotent
-OBJS = src/idempotent.o src/apply.o src/ledger.o src/statement.o
-DATA = idempotent--1.0.sql
+OBJS = src/idempotent.o src/apply.o src/ledger.o src/statement.o src/admin.o
+DATA = idempotent--1.0.sql idempotent--1.0--1.1.sql
 PGFILEDESC = "idempotent - exactly-once effects for message consumers"
 
 # pg_regress: sql/NAME.sql against expected/NAME.out

@@ -67,7 +67,8 @@ LOAD 'idempotent';
 SELECT name, setting, unit, context, vartype, boot_val, min_val, max_val
 FROM pg_settings
 WHERE name IN ('idempotent.wait', 'idempotent.check_fingerprint',
-               'idempotent.max_key_bytes', 'idempotent.max_result_bytes')
+               'idempotent.max_key_bytes', 'idempotent.max_result_bytes',
+               'idempotent.ttl')
 ORDER BY name;
 
 -- the ledger starts empty

@@ -13,6 +13,7 @@
 
 #include "access/xact.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "ledger.h"
 #include "statement.h"
@@ -192,6 +193,9 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	row.has_rows = false;
 	row.rows = 0;
 	row.result = NULL;
+	row.has_expiry = (idem_ttl > 0);
+	row.expires_at = row.has_expiry ?
+		row.applied_at + (TimestampTz) idem_ttl * USECS_PER_SEC : 0;
 
 	/* Let go of the probed ledger page while the statement runs. */
 	ExecClearTuple(ledger->slot);
@@ -250,7 +254,9 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 			continue;
 		}
 
-		if (!decide(req, probe == LEDGER_FOUND ? &row : NULL, out))
+		/* An expired key is absent, whether or not it was purged yet. */
+		if (!decide(req, probe == LEDGER_FOUND && !ledger_row_expired(&row) ? &row : NULL,
+					out))
 			break;
 
 		if (!locked)

@@ -35,6 +35,7 @@ bool		idem_wait = true;
 bool		idem_check_fingerprint = true;
 int			idem_max_key_bytes = 512;
 int			idem_max_result_bytes = 65536;
+int			idem_ttl = 0;
 
 void
 _PG_init(void)
@@ -60,6 +61,12 @@ _PG_init(void)
 							NULL,
 							&idem_max_result_bytes, 65536, 0, MaxAllocSize / 4,
 							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("idempotent.ttl",
+							"How long a key applied now is remembered; 0 keeps it forever.",
+							"An expired key counts as absent for every policy, whether or not it was purged yet.",
+							&idem_ttl, 0, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_S,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("idempotent");
 }
@@ -286,8 +293,8 @@ idem_upsert(PG_FUNCTION_ARGS)
 	return apply_with_policy(fcinfo, IDEM_UPSERT);
 }
 
-static IdemPolicy
-parse_policy(const char *name)
+IdemPolicy
+idem_parse_policy(const char *name)
 {
 	if (strcmp(name, "once") == 0)
 		return IDEM_ONCE;
@@ -313,7 +320,7 @@ idem_claim(PG_FUNCTION_ARGS)
 
 	req.key = get_key(fcinfo);
 	if (!PG_ARGISNULL(2))
-		req.policy = parse_policy(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+		req.policy = idem_parse_policy(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	else
 		req.policy = PG_ARGISNULL(ARG_VERSION) ? IDEM_ONCE : IDEM_NEWER;
 	get_version(fcinfo, &req);

@@ -73,9 +73,13 @@ extern bool idem_wait;
 extern bool idem_check_fingerprint;
 extern int	idem_max_key_bytes;
 extern int	idem_max_result_bytes;
+extern int	idem_ttl;
 
 /* apply.c */
 extern void idem_execute(const IdemRequest *req, IdemOutcome *out);
 extern const char *idem_policy_name(IdemPolicy policy);
+
+/* idempotent.c */
+extern IdemPolicy idem_parse_policy(const char *name);
 
 #endif							/* IDEMPOTENT_H */

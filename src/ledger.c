@@ -26,6 +26,7 @@
 #include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "nodes/primnodes.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
 #include "executor/tuptable.h"
@@ -50,7 +51,8 @@
 #define Anum_ledger_policy		5
 #define Anum_ledger_key			6
 #define Anum_ledger_result		7
-#define Natts_ledger			7
+#define Anum_ledger_expires_at	8
+#define Natts_ledger			8
 
 /* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
 #define IDEM_KEY_LOCK_CLASS		0x1DE
@@ -58,6 +60,7 @@
 /* The ledger's relations, looked up once per backend and forgotten on DDL. */
 static Oid	ledger_heap_oid = InvalidOid;
 static Oid	ledger_index_oid = InvalidOid;
+static Oid	ledger_expiry_oid = InvalidOid;	/* may stay invalid: schema 1.0 */
 static bool ledger_callback_registered = false;
 
 static void
@@ -93,12 +96,48 @@ extension_schema(Oid extoid)
 }
 
 /*
+ * A partial index's predicate, if it is what the extension can evaluate
+ * without an executor: "column IS NOT NULL" conditions ANDed together.
+ */
+static bool
+is_not_null_predicate(List *predicate)
+{
+	ListCell   *lc;
+
+	foreach(lc, predicate)
+	{
+		NullTest   *test = (NullTest *) lfirst(lc);
+
+		if (!IsA(test, NullTest) || test->nulltesttype != IS_NOT_NULL ||
+			test->argisrow || !IsA(test->arg, Var))
+			return false;
+	}
+	return true;
+}
+
+/* Whether a heap tuple belongs in an index with such a predicate. */
+static bool
+predicate_holds(List *predicate, HeapTuple tuple)
+{
+	ListCell   *lc;
+
+	foreach(lc, predicate)
+	{
+		Var		   *var = (Var *) ((NullTest *) lfirst(lc))->arg;
+
+		if (heap_attisnull(tuple, var->varattno, NULL))
+			return false;
+	}
+	return true;
+}
+
+/*
  * The ledger's rows are written here, not by the executor, so its indexes
- * are maintained here too: plain-column indexes only (REINDEX CONCURRENTLY
- * builds one such beside the primary key).  An expression, partial or
- * exclusion index would need an executor state: refuse to work beside one.
- * Creating an index invalidates the ledger's relcache entry, which brings
- * us back here.
+ * are maintained here too: plain-column indexes (REINDEX CONCURRENTLY builds
+ * one such beside the primary key), partial only on "column IS NOT NULL"
+ * (as the expiry index is).  Any other index would need an executor state:
+ * refuse to work beside one.  Creating an index invalidates the ledger's
+ * relcache entry, which brings us back here.
  */
 static void
 check_ledger_indexes(Oid heap_oid)
@@ -112,13 +151,13 @@ check_ledger_indexes(Oid heap_oid)
 		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
 		IndexInfo  *info = BuildIndexInfo(index);
 
-		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL ||
-			info->ii_ExclusionOps != NULL)
+		if (info->ii_Expressions != NIL || info->ii_ExclusionOps != NULL ||
+			!is_not_null_predicate(info->ii_Predicate))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("index \"%s\" on the ledger is not supported by extension \"idempotent\"",
 							RelationGetRelationName(index)),
-					 errdetail("The extension maintains plain-column indexes on the ledger, not expression, partial or exclusion indexes."),
+					 errdetail("The extension maintains plain-column indexes on the ledger, partial ones only on IS NOT NULL conditions."),
 					 errhint("Drop the index.")));
 		index_close(index, AccessShareLock);
 	}
@@ -162,6 +201,7 @@ ledger_lookup(void)
 				 errhint("Drop and create the extension again.")));
 	check_ledger_indexes(heap_oid);
 
+	ledger_expiry_oid = get_relname_relid("idem_ledger_expires_at", nspoid);
 	ledger_heap_oid = heap_oid;
 	ledger_index_oid = index_oid;
 }
@@ -186,7 +226,7 @@ ledger_open(Ledger *ledger)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("ledger of extension \"idempotent\" has %d columns, not %d",
 						RelationGetDescr(ledger->heap)->natts, Natts_ledger),
-				 errhint("Drop and create the extension again.")));
+				 errhint("The installed library is newer than the extension in this database: run ALTER EXTENSION idempotent UPDATE.")));
 }
 
 void
@@ -245,6 +285,9 @@ row_from_slot(TupleTableSlot *slot, LedgerRow *row)
 	row->policy = (IdemPolicy) DatumGetChar(values[Anum_ledger_policy - 1]);
 	row->result = nulls[Anum_ledger_result - 1] ? NULL :
 		(Jsonb *) DatumGetPointer(values[Anum_ledger_result - 1]);
+	row->has_expiry = !nulls[Anum_ledger_expires_at - 1];
+	row->expires_at = row->has_expiry ?
+		DatumGetTimestampTz(values[Anum_ledger_expires_at - 1]) : 0;
 }
 
 /*
@@ -300,6 +343,13 @@ ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
 		}
 	}
 	return result;
+}
+
+/* Whether a key's time to live has run out (as of the transaction's start). */
+bool
+ledger_row_expired(const LedgerRow *row)
+{
+	return row->has_expiry && row->expires_at <= GetCurrentTransactionStartTimestamp();
 }
 
 /* Wait until the transaction writing a busy key has ended. */
@@ -361,6 +411,8 @@ form_row(Ledger *ledger, text *key, const LedgerRow *row)
 	nulls[Anum_ledger_key - 1] = false;
 	values[Anum_ledger_result - 1] = PointerGetDatum(row->result);
 	nulls[Anum_ledger_result - 1] = (row->result == NULL);
+	values[Anum_ledger_expires_at - 1] = TimestampTzGetDatum(row->expires_at);
+	nulls[Anum_ledger_expires_at - 1] = !row->has_expiry;
 
 	return heap_form_tuple(RelationGetDescr(ledger->heap), values, nulls);
 }
@@ -385,9 +437,9 @@ insert_index_entries(Ledger *ledger, HeapTuple tuple)
 		Datum		values[INDEX_MAX_KEYS];
 		bool		nulls[INDEX_MAX_KEYS];
 
-		if (index->rd_index->indisready)
+		info = index->rd_index->indisready ? BuildIndexInfo(index) : NULL;
+		if (info != NULL && predicate_holds(info->ii_Predicate, tuple))
 		{
-			info = BuildIndexInfo(index);
 			for (int i = 0; i < info->ii_NumIndexAttrs; i++)
 				values[i] = heap_getattr(tuple, info->ii_IndexAttrNumbers[i],
 										 desc, &nulls[i]);
@@ -453,4 +505,76 @@ ledger_update(Ledger *ledger, text *key, const LedgerRow *row)
 	}
 	heap_freetuple(tuple);
 	CommandCounterIncrement();
+}
+
+/*
+ * Delete the row at tid; returns whether it was deleted.  Without wait, a
+ * row that another transaction is changing is left alone (purges never
+ * wait); with wait, that transaction's end decides.
+ */
+bool
+ledger_delete(Ledger *ledger, ItemPointer tid, bool wait)
+{
+	TM_FailureData tmfd;
+	TM_Result	result;
+
+	result = heap_delete(ledger->heap, tid, GetCurrentCommandId(true),
+						 InvalidSnapshot, wait, &tmfd, false);
+	switch (result)
+	{
+		case TM_Ok:
+			return true;
+		case TM_Updated:
+		case TM_Deleted:
+		case TM_BeingModified:
+		case TM_SelfModified:
+			return false;
+		default:
+			elog(ERROR, "unexpected heap_delete status %u for the ledger", result);
+	}
+	return false;
+}
+
+/*
+ * Delete up to max_keys keys that expired by now, in the order of their
+ * expiry, through the expiry index; returns how many were deleted.
+ */
+int64
+ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now)
+{
+	Relation	index;
+	ScanKeyData skey;
+	IndexScanDesc scan;
+	int64		deleted = 0;
+
+	if (!OidIsValid(ledger_expiry_oid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("ledger of extension \"idempotent\" has no expiry index"),
+				 errhint("Run ALTER EXTENSION idempotent UPDATE.")));
+	index = index_open(ledger_expiry_oid, RowExclusiveLock);
+	ScanKeyInit(&skey, 1, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
+				TimestampTzGetDatum(now));
+
+	/*
+	 * A dirty snapshot: rows this transaction deleted already are gone, and
+	 * rows another transaction is writing are reported, to be left alone.
+	 */
+	InitDirtySnapshot(ledger->dirty);
+	scan = index_beginscan(ledger->heap, index, &ledger->dirty, 1, 0);
+	index_rescan(scan, &skey, 1, NULL, 0);
+	while (deleted < max_keys &&
+		   index_getnext_slot(scan, ForwardScanDirection, ledger->slot))
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (TransactionIdIsValid(ledger->dirty.xmin) ||
+			TransactionIdIsValid(ledger->dirty.xmax))
+			continue;
+		if (ledger_delete(ledger, &ledger->slot->tts_tid, false))
+			deleted++;
+	}
+	index_endscan(scan);
+	index_close(index, NoLock);
+	CommandCounterIncrement();
+	return deleted;
 }

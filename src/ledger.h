@@ -38,6 +38,8 @@ typedef struct LedgerRow
 	TimestampTz applied_at;
 	Jsonb	   *result;			/* NULL when none; from a probe: possibly
 								 * toasted, valid until the next probe */
+	bool		has_expiry;
+	TimestampTz expires_at;		/* the key counts as absent from then on */
 } LedgerRow;
 
 typedef enum LedgerProbe
@@ -63,5 +65,8 @@ extern bool ledger_lock_key(text *key, bool wait);
 extern void ledger_unlock_key(text *key);
 extern void ledger_insert(Ledger *ledger, text *key, const LedgerRow *row);
 extern void ledger_update(Ledger *ledger, text *key, const LedgerRow *row);
+extern bool ledger_delete(Ledger *ledger, ItemPointer tid, bool wait);
+extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now);
+extern bool ledger_row_expired(const LedgerRow *row);
 
 #endif							/* IDEM_LEDGER_H */

@@ -1,0 +1,172 @@
+/*
+ * admin.c
+ *	  Operators' functions: purge expired keys, forget a key, reset a key's
+ *	  version watermark.  Forgetting and resetting are logged.
+ *
+ * Like the calls that apply keys, these write the ledger directly and take
+ * the key's writers' lock, so they never collide with a call in flight.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "ledger.h"
+
+/*
+ * Probe a key under its writers' lock, waiting out other writers; returns
+ * whether a live (unexpired) row was found.  The caller unlocks.
+ */
+static bool
+probe_locked(Ledger *ledger, text *key, LedgerRow *row)
+{
+	for (;;)
+	{
+		LedgerWriter writer;
+		LedgerProbe probe;
+
+		if (!ledger_lock_key(key, true))
+			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(key));
+		probe = ledger_probe(ledger, key, row, &writer);
+		if (probe != LEDGER_BUSY)
+			return probe == LEDGER_FOUND;
+		ledger_unlock_key(key);
+		ledger_wait(ledger, &writer);
+	}
+}
+
+static void
+check_writable(text *key)
+{
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot change key \"%s\" in a read-only transaction",
+						text_to_cstring(key))));
+}
+
+PG_FUNCTION_INFO_V1(idem_purge);
+/* idem_purge(max_keys): delete up to max_keys expired keys; returns how many */
+Datum
+idem_purge(PG_FUNCTION_ARGS)
+{
+	int32		max_keys = PG_GETARG_INT32(0);
+	Ledger		ledger;
+	int64		deleted;
+
+	if (max_keys < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_keys must not be negative")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot purge keys in a read-only transaction")));
+	ledger_open(&ledger);
+	deleted = ledger_purge(&ledger, max_keys, GetCurrentTransactionStartTimestamp());
+	ledger_close(&ledger);
+	PG_RETURN_INT64(deleted);
+}
+
+PG_FUNCTION_INFO_V1(idem_forget);
+/* idem_forget(key): remove a key so its next delivery applies again */
+Datum
+idem_forget(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	Ledger		ledger;
+	LedgerRow	row;
+	bool		forgotten = false;
+
+	check_writable(key);
+	ledger_open(&ledger);
+	if (probe_locked(&ledger, key, &row))
+		forgotten = ledger_delete(&ledger, &row.tid, true);
+	ledger_unlock_key(key);
+	ledger_close(&ledger);
+	CommandCounterIncrement();
+
+	if (forgotten)
+		ereport(LOG,
+				(errmsg("idempotent: key \"%s\" forgotten by role \"%s\"",
+						text_to_cstring(key), GetUserNameFromId(GetUserId(), false))));
+	PG_RETURN_BOOL(forgotten);
+}
+
+PG_FUNCTION_INFO_V1(idem_reset);
+/*
+ * idem_reset(key, version, policy): set a key's stored version, creating
+ * the key under policy (default newer) if it is absent; returns the version
+ * it replaced (NULL when the key was absent).  The key's stored rows and
+ * result are cleared: they belonged to another version.
+ */
+Datum
+idem_reset(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	int64		version = PG_GETARG_INT64(1);
+	IdemPolicy	policy = IDEM_NEWER;
+	Ledger		ledger;
+	LedgerRow	row;
+	bool		present;
+	bool		found;
+	bool		had_version;
+	int64		previous;
+
+	if (!PG_ARGISNULL(2))
+		policy = idem_parse_policy(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	if (version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("version must not be negative")));
+	check_writable(key);
+
+	ledger_open(&ledger);
+	present = probe_locked(&ledger, key, &row);
+	found = present && !ledger_row_expired(&row);
+	if (found && PG_ARGISNULL(2))
+		policy = row.policy;
+	if (policy == IDEM_ONCE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("policy \"once\" has no version to reset"),
+				 errhint("Use idem_forget to make a once key apply again.")));
+	if (found && row.policy != policy)
+		ereport(ERROR,
+				(errcode(ERRCODE_IDEM_POLICY_MISMATCH),
+				 errmsg("key \"%s\" was recorded under policy \"%s\", not \"%s\"",
+						text_to_cstring(key), idem_policy_name(row.policy),
+						idem_policy_name(policy))));
+	had_version = found;
+	previous = found ? row.version : 0;
+
+	row.policy = policy;
+	row.has_version = true;
+	row.version = version;
+	row.has_rows = false;
+	row.rows = 0;
+	row.has_fingerprint = false;
+	row.fingerprint = 0;
+	row.result = NULL;
+	row.applied_at = GetCurrentTransactionStartTimestamp();
+	row.has_expiry = (idem_ttl > 0);
+	row.expires_at = row.has_expiry ?
+		row.applied_at + (TimestampTz) idem_ttl * USECS_PER_SEC : 0;
+	ExecClearTuple(ledger.slot);
+	if (present)
+		ledger_update(&ledger, key, &row);
+	else
+		ledger_insert(&ledger, key, &row);
+	ledger_unlock_key(key);
+	ledger_close(&ledger);
+
+	ereport(LOG,
+			(errmsg("idempotent: key \"%s\" reset to version " INT64_FORMAT " by role \"%s\"",
+					text_to_cstring(key), version, GetUserNameFromId(GetUserId(), false))));
+	if (!had_version)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(previous);
+}
