@@ -11,12 +11,14 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 
 #include "statement.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -68,7 +70,22 @@ _PG_init(void)
 							&idem_ttl, 0, 0, INT_MAX,
 							PGC_USERSET, GUC_UNIT_S,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("idempotent.purge_interval",
+							"Time between the purge worker's rounds over all databases; 0 stops it.",
+							"Only with the library in shared_preload_libraries.",
+							&idem_purge_interval, 60, 0, INT_MAX / 1000,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("idempotent.purge_batch",
+							"Expired keys the purge worker deletes per transaction.",
+							"Small batches keep the waits of calls on keys being purged short.",
+							&idem_purge_batch, 1000, 1, INT_MAX,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("idempotent");
+
+	if (process_shared_preload_libraries_in_progress)
+		idem_register_purge_launcher();
 }
 
 static text *
