@@ -9,7 +9,7 @@
 
 EXTENSION = idempotent
 MODULE_big = idempotent
-OBJS = src/idempotent.o src/apply.o src/ledger.o src/statement.o src/admin.o src/worker.o
+OBJS = src/idempotent.o src/apply.o src/ledger.o src/statement.o src/admin.o src/worker.o src/stats.o
 DATA = idempotent--1.0.sql idempotent--1.0--1.1.sql
 PGFILEDESC = "idempotent - exactly-once effects for message consumers"
 

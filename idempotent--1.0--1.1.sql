@@ -50,6 +50,27 @@ AS $$
     WHERE l.key = $1
 $$;
 
+-- Call statistics per policy, from shared memory (library preloaded).
+CREATE FUNCTION idem_stats(
+    OUT policy text, OUT calls bigint, OUT applied bigint, OUT duplicate bigint,
+    OUT stale bigint, OUT gap bigint, OUT in_progress bigint, OUT errors bigint,
+    OUT total_time double precision, OUT mean_time double precision,
+    OUT stats_reset timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'idem_stats'
+LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+
+CREATE VIEW idem_stat AS SELECT * FROM idem_stats();
+
+CREATE FUNCTION idem_stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'idem_stats_reset'
+LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+
 REVOKE EXECUTE ON FUNCTION
-    idem_purge(integer), idem_forget(text), idem_reset(text, bigint, text), idem_get(text)
+    idem_purge(integer), idem_forget(text), idem_reset(text, bigint, text), idem_get(text),
+    idem_stats(), idem_stats_reset()
 FROM PUBLIC;
+REVOKE ALL ON idem_stat FROM PUBLIC;
+GRANT SELECT ON idem_stat TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION idem_stats() TO pg_read_all_stats;

@@ -73,3 +73,8 @@ ORDER BY name;
 
 -- the ledger starts empty
 SELECT count(*) AS ledger_rows FROM idem_ledger;
+
+-- statistics need the library preloaded; without it, a clear error
+SELECT * FROM idem_stat;
+\echo SQLSTATE :SQLSTATE
+SELECT idem_stats_reset();

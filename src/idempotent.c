@@ -18,6 +18,7 @@
 #include "utils/lsyscache.h"
 
 #include "statement.h"
+#include "stats.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -85,7 +86,10 @@ _PG_init(void)
 	MarkGUCPrefixReserved("idempotent");
 
 	if (process_shared_preload_libraries_in_progress)
+	{
 		idem_register_purge_launcher();
+		idem_stats_init();
+	}
 }
 
 static text *
@@ -257,7 +261,30 @@ run_request(FunctionCallInfo fcinfo, IdemRequest *req)
 
 	if (req->stmt != NULL)
 		req->fingerprint = statement_fingerprint(req->stmt);
-	idem_execute(req, &out);
+	if (!idem_stats_enabled)
+		idem_execute(req, &out);
+	else
+	{
+		instr_time	start;
+		instr_time	elapsed;
+
+		INSTR_TIME_SET_CURRENT(start);
+		PG_TRY();
+		{
+			idem_execute(req, &out);
+		}
+		PG_CATCH();
+		{
+			INSTR_TIME_SET_CURRENT(elapsed);
+			INSTR_TIME_SUBTRACT(elapsed, start);
+			idem_stats_count_error(req->policy, elapsed);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		INSTR_TIME_SET_CURRENT(elapsed);
+		INSTR_TIME_SUBTRACT(elapsed, start);
+		idem_stats_count(req->policy, out.status, elapsed);
+	}
 
 	values[0] = CStringGetTextDatum(status_name(out.status));
 	nulls[0] = false;

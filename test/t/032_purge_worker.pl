@@ -90,6 +90,29 @@ ok( $node->poll_query_until(
 		'second', q{SELECT count(*) = 0 FROM idem_ledger WHERE key LIKE 'd:short:%'}),
 	'and purges again');
 
+# statistics, also kept in shared memory when preloaded
+$node->safe_psql('postgres', q{
+SELECT idem_stats_reset();
+CREATE TABLE st (k text);
+SELECT idem_apply('st:1', NULL, 'INSERT INTO st VALUES ($1)', 'one');
+SELECT idem_apply('st:1', NULL, 'INSERT INTO st VALUES ($1)', 'one');
+SELECT idem_apply('st:v', 2, 'INSERT INTO st VALUES ($1)', 'two');
+SELECT idem_apply('st:v', 1, 'INSERT INTO st VALUES ($1)', 'two');
+SELECT idem_apply_next('st:s', 3, 'INSERT INTO st VALUES ($1)', 'three');
+SELECT idem_claim('st:c');
+});
+$node->psql('postgres', q{SELECT idem_apply('st:2', NULL, 'SELECT 1/0')});
+is($node->safe_psql('postgres', q{
+SELECT string_agg(format('%s:%s/%s/%s/%s/%s/%s/%s', policy, calls, applied, duplicate, stale,
+                         gap, in_progress, errors), ' ' ORDER BY policy)
+FROM idem_stat}),
+	'newer:2/1/0/1/0/0/0 next:1/0/0/0/1/0/0 once:4/2/1/0/0/0/1 upsert:0/0/0/0/0/0/0',
+	'idem_stat counts calls by policy and outcome, errors included');
+is($node->safe_psql('postgres', q{SELECT bool_and(total_time > 0) FROM idem_stat WHERE calls > 0}),
+	't', 'and the time they took');
+$node->safe_psql('postgres', q{SELECT idem_stats_reset()});
+is($node->safe_psql('postgres', q{SELECT sum(calls) FROM idem_stat}), '0', 'idem_stats_reset zeroes them');
+
 $node->stop('fast');
 my $log = slurp_file($node->logfile);
 unlike($log, qr/background worker "idempotent purge" \(PID \d+\) (exited with exit code [1-9]|was terminated)/,

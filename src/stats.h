@@ -1,0 +1,18 @@
+/*
+ * stats.h
+ *	  Call statistics in shared memory, when the library is preloaded.
+ */
+#ifndef IDEM_STATS_H
+#define IDEM_STATS_H
+
+#include "portability/instr_time.h"
+
+#include "idempotent.h"
+
+extern bool idem_stats_enabled;
+
+extern void idem_stats_init(void);
+extern void idem_stats_count(IdemPolicy policy, IdemStatus status, instr_time elapsed);
+extern void idem_stats_count_error(IdemPolicy policy, instr_time elapsed);
+
+#endif							/* IDEM_STATS_H */
