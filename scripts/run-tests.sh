@@ -4,18 +4,18 @@
 # copy of the tree owned by the test user against a throwaway socket-only cluster, each into its
 # own log. Ends with the line `N passed, N failed` (pg_regress tests + isolation specs + TAP
 # assertions) and exits non-zero if anything failed.
-#   SUITES="regress isolation tap"  which suites to run (default: all three)
+#   SUITES="regress isolation tap scenarios"  which suites to run (default: all four)
 #   KEEP_TMP=1                      keep the temp dir (tree copy, logs, cluster) even on success
 #   IDEM_SUITE_TIMEOUT=1800         seconds one suite may take before it is stopped and failed
 #   IDEM_PG_CONF="a = 1"            extra postgresql.conf lines for the regress/isolation cluster
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SUITES=${SUITES:-regress isolation tap}
+SUITES=${SUITES:-regress isolation tap scenarios}
 suite_timeout=${IDEM_SUITE_TIMEOUT:-1800}
 [[ $suite_timeout =~ ^[1-9][0-9]*$ ]] || idem_die "IDEM_SUITE_TIMEOUT must be a number of seconds"
 for s in $SUITES; do
-	case $s in regress | isolation | tap) ;; *) idem_die "unknown suite '$s' in SUITES (use: regress isolation tap)" ;; esac
+	case $s in regress | isolation | tap | scenarios) ;; *) idem_die "unknown suite '$s' in SUITES (use: regress isolation tap scenarios)" ;; esac
 done
 
 passed=0 failed=0 finished=0 tmp=
@@ -131,8 +131,34 @@ failed_tap_logs() {
 	done
 }
 
+# run_scenarios: each test/scenarios/*.sh (real brokers and alternatives, started by the script
+# itself) with its own log; each ends with its own "N passed, N failed" line, which is counted.
+run_scenarios() {
+	local script name rc line p f
+	for script in "$IDEM_ROOT"/test/scenarios/*.sh; do
+		[ -e "$script" ] || continue
+		name=scenario-$(basename "$script" .sh) rc=0
+		idem_log "suite $name (log: $logs/$name.log)"
+		timeout -k 30 "$suite_timeout" bash "$script" </dev/null 2>&1 | tee "$logs/$name.log" || rc=${PIPESTATUS[0]}
+		line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$logs/$name.log" | tail -n 1 || true)
+		if [ -z "$line" ]; then
+			echo "$name: no count line (status $rc); counted as 1 failed"
+			p=0 f=1
+		else
+			p=${line%% passed*} f=${line#* passed, } f=${f%% failed*}
+			if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+		fi
+		echo "$name: $p passed, $f failed"
+		passed=$((passed + p)) failed=$((failed + f))
+	done
+}
+
 for s in $SUITES; do
 	rc=0
+	if [ "$s" = scenarios ]; then
+		run_scenarios
+		continue
+	fi
 	case $s in
 	regress) run_suite regress ISOLATION= TAP_TESTS= || rc=$? ;;
 	isolation) run_suite isolation REGRESS= TAP_TESTS= || rc=$? ;;
