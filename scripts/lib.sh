@@ -75,13 +75,22 @@ idem_ensure_deps() {
 }
 
 # idem_build_install: clean build of the extension with warnings as errors, as the invoking user,
-# then `make install` into PostgreSQL 15 as root.
+# then install into PostgreSQL 15 as root: staged with `make install DESTDIR=...`, then each file
+# renamed into place, so that servers running with the old library keep their mapped copy.
 idem_build_install() {
+	local stage file
 	idem_log "building the extension (PG_CFLAGS=-Werror)"
 	make -C "$IDEM_ROOT" -s clean PG_CONFIG="$PG_CONFIG"
 	make -C "$IDEM_ROOT" PG_CONFIG="$PG_CONFIG" PG_CFLAGS=-Werror
 	idem_log "installing the extension"
-	idem_as_root make -C "$IDEM_ROOT" install PG_CONFIG="$PG_CONFIG"
+	stage=$(mktemp -d)
+	make -C "$IDEM_ROOT" -s install PG_CONFIG="$PG_CONFIG" DESTDIR="$stage"
+	(cd "$stage" && find . -type f) | while read -r file; do
+		file=${file#.}
+		idem_as_root install -D -m "$([[ $file == *.so ]] && echo 755 || echo 644)" "$stage$file" "$file.new"
+		idem_as_root mv -f "$file.new" "$file"
+	done
+	rm -rf "$stage"
 }
 
 # idem_tmpdir: create a private temp dir (mktemp -d) owned by IDEM_PG_USER and print its path.
