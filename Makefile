@@ -15,12 +15,13 @@ PGFILEDESC = "idempotent - exactly-once effects for message consumers"
 
 # pg_regress: sql/NAME.sql against expected/NAME.out
 REGRESS = setup outcomes_once outcomes_newer outcomes_next outcomes_upsert \
-	claim parameters results fingerprint errors privileges plpgsql
+	claim parameters results fingerprint errors privileges plpgsql retention
 REGRESS_OPTS = --load-extension=idempotent
 
 # isolation specs: test/isolation/specs/NAME.spec against test/isolation/expected/NAME.out
 ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read \
-	serializable_skew ledger_invalidation manual_delete savepoint statement_wait upsert_race claim_race three_sessions deadlock
+	serializable_skew ledger_invalidation manual_delete savepoint statement_wait upsert_race claim_race three_sessions deadlock \
+	purge_race
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
 
 # TAP tests (PostgreSQL::Test::Cluster): crashes, restarts

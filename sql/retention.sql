@@ -534,3 +534,23 @@ REVOKE EXECUTE ON FUNCTION idem_forget(text), idem_reset(text, bigint, text),
 REVOKE EXECUTE ON FUNCTION idem_get(text) FROM regress_ret_reader;
 REVOKE EXECUTE ON FUNCTION idem_apply(text, bigint, text), idem_get(text) FROM regress_ret_login;
 DROP ROLE regress_ret_admin, regress_ret_reader, regress_ret_none, regress_ret_login;
+
+-- reset and forget check their key like the calls do, and a NULL version
+SELECT idem_reset(NULL, 1);
+\echo SQLSTATE :SQLSTATE
+SELECT idem_reset('r:null-version', NULL);
+\echo SQLSTATE :SQLSTATE
+SELECT idem_reset('', 1);
+\echo SQLSTATE :SQLSTATE
+SELECT idem_reset(repeat('x', 600), 1);
+\echo SQLSTATE :SQLSTATE
+SELECT idem_forget('');
+\echo SQLSTATE :SQLSTATE
+SELECT count(*) AS recorded FROM idem_ledger WHERE key IN ('', 'r:null-version');
+-- a statement must not forget or reset the key its own call is applying
+SELECT status FROM idem_apply('r:nested', 1, 'SELECT 1 AS x');
+SELECT idem_apply('r:nested', 2, $$SELECT idem_forget('r:nested') AS x$$);
+\echo SQLSTATE :SQLSTATE
+SELECT idem_apply('r:nested', 2, $$SELECT idem_reset('r:nested', 5) AS x$$);
+\echo SQLSTATE :SQLSTATE
+SELECT version FROM idem_ledger WHERE key = 'r:nested';

@@ -76,11 +76,12 @@ PG_FUNCTION_INFO_V1(idem_forget);
 Datum
 idem_forget(PG_FUNCTION_ARGS)
 {
-	text	   *key = PG_GETARG_TEXT_PP(0);
+	text	   *key = idem_key_arg(fcinfo);
 	Ledger		ledger;
 	LedgerRow	row;
 	bool		forgotten = false;
 
+	idem_check_not_applying(key);
 	check_writable(key);
 	ledger_open(&ledger);
 	if (probe_locked(&ledger, key, &row))
@@ -106,8 +107,8 @@ PG_FUNCTION_INFO_V1(idem_reset);
 Datum
 idem_reset(PG_FUNCTION_ARGS)
 {
-	text	   *key = PG_GETARG_TEXT_PP(0);
-	int64		version = PG_GETARG_INT64(1);
+	text	   *key = idem_key_arg(fcinfo);
+	int64		version;
 	IdemPolicy	policy = IDEM_NEWER;
 	Ledger		ledger;
 	LedgerRow	row;
@@ -116,12 +117,18 @@ idem_reset(PG_FUNCTION_ARGS)
 	bool		had_version;
 	int64		previous;
 
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("version must not be null")));
+	version = PG_GETARG_INT64(1);
 	if (!PG_ARGISNULL(2))
 		policy = idem_parse_policy(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	if (version < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("version must not be negative")));
+	idem_check_not_applying(key);
 	check_writable(key);
 
 	ledger_open(&ledger);

@@ -27,8 +27,9 @@
 static text *applying_keys[MAX_NESTED_KEYS];
 static int	napplying_keys = 0;
 
-static void
-check_not_applying(text *key)
+/* Whether an enclosing call in this backend is applying key. */
+bool
+idem_key_is_applying(text *key)
 {
 	for (int i = 0; i < napplying_keys; i++)
 	{
@@ -36,12 +37,21 @@ check_not_applying(text *key)
 
 		if (VARSIZE_ANY_EXHDR(outer) == VARSIZE_ANY_EXHDR(key) &&
 			memcmp(VARDATA_ANY(outer), VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("key \"%s\" is already being applied by an enclosing call",
-							text_to_cstring(key)),
-					 errdetail("The statement of a call on a key must not apply the same key.")));
+			return true;
 	}
+	return false;
+}
+
+/* Refuse to touch a key an enclosing call is applying. */
+void
+idem_check_not_applying(text *key)
+{
+	if (napplying_keys > 0 && idem_key_is_applying(key))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("key \"%s\" is already being applied by an enclosing call",
+						text_to_cstring(key)),
+				 errdetail("The statement of a call on a key must not apply, forget or reset the same key.")));
 }
 
 /* Run the statement with its key marked as being applied. */
@@ -226,8 +236,7 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 	bool		locked = false;
 
 	memset(out, 0, sizeof(IdemOutcome));
-	if (napplying_keys > 0)
-		check_not_applying(req->key);
+	idem_check_not_applying(req->key);
 	ledger_open(&ledger);
 
 	for (;;)

@@ -92,8 +92,9 @@ _PG_init(void)
 	}
 }
 
-static text *
-get_key(FunctionCallInfo fcinfo)
+/* The key argument (the first), checked: not NULL, not empty, not too long. */
+text *
+idem_key_arg(FunctionCallInfo fcinfo)
 {
 	text	   *key;
 	int			len;
@@ -308,7 +309,7 @@ apply_with_policy(FunctionCallInfo fcinfo, IdemPolicy policy)
 {
 	IdemRequest req;
 
-	req.key = get_key(fcinfo);
+	req.key = idem_key_arg(fcinfo);
 	req.policy = policy;
 	get_version(fcinfo, &req);
 	req.stmt = get_statement(fcinfo);
@@ -362,7 +363,7 @@ idem_claim(PG_FUNCTION_ARGS)
 {
 	IdemRequest req;
 
-	req.key = get_key(fcinfo);
+	req.key = idem_key_arg(fcinfo);
 	if (!PG_ARGISNULL(2))
 		req.policy = idem_parse_policy(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	else

@@ -9,6 +9,7 @@
 #ifndef IDEMPOTENT_H
 #define IDEMPOTENT_H
 
+#include "fmgr.h"
 #include "utils/jsonb.h"
 
 /* SQLSTATEs of our own, in class ID ("idempotent") */
@@ -81,5 +82,10 @@ extern const char *idem_policy_name(IdemPolicy policy);
 
 /* idempotent.c */
 extern IdemPolicy idem_parse_policy(const char *name);
+extern text *idem_key_arg(FunctionCallInfo fcinfo);
+
+/* apply.c */
+extern bool idem_key_is_applying(text *key);
+extern void idem_check_not_applying(text *key);
 
 #endif							/* IDEMPOTENT_H */

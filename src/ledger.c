@@ -51,8 +51,9 @@
 #define Anum_ledger_policy		5
 #define Anum_ledger_key			6
 #define Anum_ledger_result		7
-#define Anum_ledger_expires_at	8
+#define Anum_ledger_expires_at	8	/* since version 1.1 */
 #define Natts_ledger			8
+#define Natts_ledger_1_0		7
 
 /* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
 #define IDEM_KEY_LOCK_CLASS		0x1DE
@@ -221,12 +222,14 @@ ledger_open(Ledger *ledger)
 	ledger->index = index_open(index_oid, RowExclusiveLock);
 	ledger->slot = table_slot_create(ledger->heap, NULL);
 	ledger->scan = NULL;
-	if (RelationGetDescr(ledger->heap)->natts != Natts_ledger)
+	/* Version 1.0's ledger lacks expires_at; it keeps working, without a TTL. */
+	if (RelationGetDescr(ledger->heap)->natts != Natts_ledger &&
+		RelationGetDescr(ledger->heap)->natts != Natts_ledger_1_0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("ledger of extension \"idempotent\" has %d columns, not %d",
 						RelationGetDescr(ledger->heap)->natts, Natts_ledger),
-				 errhint("The installed library is newer than the extension in this database: run ALTER EXTENSION idempotent UPDATE.")));
+				 errhint("Drop and create the extension again.")));
 }
 
 void
@@ -285,7 +288,8 @@ row_from_slot(TupleTableSlot *slot, LedgerRow *row)
 	row->policy = (IdemPolicy) DatumGetChar(values[Anum_ledger_policy - 1]);
 	row->result = nulls[Anum_ledger_result - 1] ? NULL :
 		(Jsonb *) DatumGetPointer(values[Anum_ledger_result - 1]);
-	row->has_expiry = !nulls[Anum_ledger_expires_at - 1];
+	row->has_expiry = slot->tts_tupleDescriptor->natts >= Anum_ledger_expires_at &&
+		!nulls[Anum_ledger_expires_at - 1];
 	row->expires_at = row->has_expiry ?
 		DatumGetTimestampTz(values[Anum_ledger_expires_at - 1]) : 0;
 }
@@ -413,6 +417,13 @@ form_row(Ledger *ledger, text *key, const LedgerRow *row)
 	nulls[Anum_ledger_result - 1] = (row->result == NULL);
 	values[Anum_ledger_expires_at - 1] = TimestampTzGetDatum(row->expires_at);
 	nulls[Anum_ledger_expires_at - 1] = !row->has_expiry;
+	if (row->has_expiry &&
+		RelationGetDescr(ledger->heap)->natts < Anum_ledger_expires_at)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotent.ttl needs version 1.1 of extension \"idempotent\""),
+				 errdetail("This database has version 1.0, whose ledger has no expiry."),
+				 errhint("Run ALTER EXTENSION idempotent UPDATE, or set idempotent.ttl to 0.")));
 
 	return heap_form_tuple(RelationGetDescr(ledger->heap), values, nulls);
 }
@@ -546,12 +557,13 @@ ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now)
 	ScanKeyData skey;
 	IndexScanDesc scan;
 	int64		deleted = 0;
+	bool		isnull;
 
 	if (!OidIsValid(ledger_expiry_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("ledger of extension \"idempotent\" has no expiry index"),
-				 errhint("Run ALTER EXTENSION idempotent UPDATE.")));
+				 errhint("Run ALTER EXTENSION idempotent UPDATE, or create the index idem_ledger_expires_at as version 1.1 does.")));
 	index = index_open(ledger_expiry_oid, RowExclusiveLock);
 	ScanKeyInit(&skey, 1, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
 				TimestampTzGetDatum(now));
@@ -569,6 +581,10 @@ ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now)
 		CHECK_FOR_INTERRUPTS();
 		if (TransactionIdIsValid(ledger->dirty.xmin) ||
 			TransactionIdIsValid(ledger->dirty.xmax))
+			continue;
+		/* a key an enclosing call is applying is that call's to write */
+		if (idem_key_is_applying(DatumGetTextPP(slot_getattr(ledger->slot,
+															 Anum_ledger_key, &isnull))))
 			continue;
 		if (ledger_delete(ledger, &ledger->slot->tts_tid, false))
 			deleted++;

@@ -1,0 +1,353 @@
+
+# 030_dump_upgrade.pl
+#
+# Keys survive the ways a database moves on:
+#  (a) ALTER EXTENSION idempotent UPDATE from 1.0 to 1.1: keys recorded under
+#      1.0 (every policy, with their rows, results and fingerprints) are still
+#      duplicates, stale or gaps afterwards and are kept forever (expires_at
+#      NULL); idempotent.ttl, idem_purge, idem_forget, idem_reset and idem_get
+#      work after the update, also in a session that was open before it.
+#  (b) pg_dump -Fc | pg_restore into a new database: the ledger comes back
+#      row for row (fingerprints, timestamps, expiries), so every key applied
+#      before the dump is a duplicate after the restore and runs nothing; the
+#      effect tables come back too; an expired key is still expired; a grant
+#      on idem_get survives.
+#  (c) the same with a plain-format pg_dump piped into psql.
+#
+# The installed library is 1.1.  The keys of the 1.0 database are recorded by
+# the same library in a scratch 1.1 database and copied (without expires_at)
+# into the 1.0 ledger, so that both hold exactly the same keys to compare; the
+# library also serves a 1.0 ledger directly until it is updated (tested too).
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+
+my $node = PostgreSQL::Test::Cluster->new('dump_upgrade');
+$node->init;
+$node->append_conf('postgresql.conf', "log_statement = none\n");
+$node->start;
+
+my $insert = q{INSERT INTO effects (k, v) VALUES ($1, $2) RETURNING k, v};
+
+# The outcome of one call, as status|applied|version|previous_version|rows|result
+sub call
+{
+	my ($db, $func, $key, $version, $v, %opt) = @_;
+	my $ver = defined $version ? $version : 'NULL';
+	return $node->safe_psql($db,
+		    ($opt{setup} // '')
+		  . "SELECT status, applied, version, previous_version, rows, result "
+		  . "FROM $func('$key', $ver, \$s\$$insert\$s\$, '$key'::text, $v)");
+}
+
+sub claim
+{
+	my ($db, $key, $version, $policy) = @_;
+	my $ver = defined $version ? $version : 'NULL';
+	my $pol = defined $policy  ? "'$policy'" : 'NULL';
+	return $node->safe_psql($db,
+		"SELECT status, applied, version, previous_version, rows, result FROM idem_claim('$key', $ver, $pol)");
+}
+
+sub effects
+{
+	my ($db) = @_;
+	return $node->safe_psql($db,
+		q{SELECT coalesce(string_agg(k || '=' || v, ',' ORDER BY k, v), '') FROM effects});
+}
+
+# Every column of every ledger row, expiry included when the column exists.
+sub ledger
+{
+	my ($db, %opt) = @_;
+	my $exp = $opt{no_expiry} ? '' : ', expires_at';
+	return $node->safe_psql($db,
+		qq{SELECT coalesce(string_agg(concat_ws('/', key, policy, version, rows, fingerprint,
+		                                       result::text, applied_at $exp),
+		                              ',' ORDER BY key), '')
+		   FROM idem_ledger});
+}
+
+# Keys under every policy, as test/t/002_restart.pl records them.
+sub record_keys
+{
+	my ($db) = @_;
+	is(call($db, 'idem_apply', 'once-1', undef, 1),
+		'applied|t|||1|[{"k": "once-1", "v": 1}]', "$db: once key applied");
+	is(call($db, 'idem_apply', 'newer', 5, 50),
+		'applied|t|5||1|[{"k": "newer", "v": 50}]', "$db: newer key applied at version 5");
+	is(call($db, 'idem_apply_next', 'seq', $_, 100 + $_),
+		"applied|t|$_|" . ($_ == 1 ? '' : $_ - 1) . qq(|1|[{"k": "seq", "v": @{[100 + $_]}}]),
+		"$db: next key applied at version $_")
+	  for 1 .. 3;
+	is(call($db, 'idem_upsert', 'ups', 7, 70),
+		'applied|t|7||1|[{"k": "ups", "v": 70}]', "$db: upsert key applied at version 7");
+	is(claim($db, 'claimed'), 'applied|t||||', "$db: once claim recorded");
+	is(claim($db, 'claimed-seq', 1, 'next'), 'applied|t|1|||', "$db: next claim recorded at 1");
+	return;
+}
+
+# Redeliveries of every key: nothing applies, nothing runs, nothing is written.
+sub check_keys
+{
+	my ($db, $when) = @_;
+	my $effects = effects($db);
+	my $ledger  = ledger($db);
+	is(call($db, 'idem_apply', 'once-1', undef, 1),
+		'duplicate|f|||1|[{"k": "once-1", "v": 1}]',
+		"$when: once key is a duplicate with its original rows and result");
+	my ($rc, $out, $err) = $node->psql($db,
+		"SELECT status FROM idem_apply('once-1', NULL, \$s\$$insert\$s\$, 'once-1'::text, 2)");
+	like($err, qr/ERROR:  key "once-1" was already applied with a different statement or arguments/,
+		"$when: the fingerprint still tells a reused key");
+	is(call($db, 'idem_apply', 'newer', 5, 50),
+		'duplicate|f|5|5|1|[{"k": "newer", "v": 50}]', "$when: newer key at 5 is a duplicate");
+	is(call($db, 'idem_apply', 'newer', 4, 40), 'stale|f|5|5||',
+		"$when: newer key at 4 is stale");
+	is(call($db, 'idem_apply_next', 'seq', 3, 103),
+		'duplicate|f|3|3|1|[{"k": "seq", "v": 103}]', "$when: next key at 3 is a duplicate");
+	is(call($db, 'idem_apply_next', 'seq', 2, 102), 'stale|f|3|3||',
+		"$when: next key at 2 is stale");
+	is(call($db, 'idem_apply_next', 'seq', 5, 105), 'gap|f|3|3||',
+		"$when: next key at 5 is a gap");
+	is(call($db, 'idem_upsert', 'ups', 6, 60), 'stale|f|7|7||',
+		"$when: upsert key at 6 is stale");
+	is(claim($db, 'claimed'), 'duplicate|f||||', "$when: claimed key is a duplicate");
+	is(claim($db, 'claimed-seq', 1, 'next'), 'duplicate|f|1|1||',
+		"$when: next claim at 1 is a duplicate");
+	($rc, $out, $err) = $node->psql($db, "SELECT status FROM idem_claim('claimed', 1)");
+	like($err, qr/ERROR:  key "claimed" was recorded under policy "once", not "newer"/,
+		"$when: the policy of a key is kept");
+	is(effects($db), $effects, "$when: no effect ran again");
+	is(ledger($db), $ledger, "$when: the redeliveries wrote nothing");
+	return;
+}
+
+my $all_effects =
+  'claimed-seq=0,newer=50,once-1=1,seq=101,seq=102,seq=103,ups=70';
+
+###########################################################################
+# (a) 1.0 -> 1.1
+
+note 'upgrade from 1.0';
+
+$node->safe_psql('postgres', 'CREATE DATABASE seed');
+$node->safe_psql('postgres', 'CREATE DATABASE upg');
+$node->safe_psql('postgres', 'CREATE DATABASE upg_calls');
+
+# Keys recorded by this library in a 1.1 database, with ttl 0 (as 1.0 would).
+$node->safe_psql('seed', q{
+CREATE EXTENSION idempotent;
+CREATE TABLE effects (k text NOT NULL, v int NOT NULL);
+INSERT INTO effects VALUES ('claimed-seq', 0);  -- what the claimer did
+});
+record_keys('seed');
+is(effects('seed'), $all_effects, 'seed: the effects of the applied calls');
+is($node->safe_psql('seed', 'SELECT count(*) FROM idem_ledger WHERE expires_at IS NOT NULL'),
+	'0', 'seed: ttl 0 keeps every key forever');
+
+my $dir = $node->basedir;
+$node->safe_psql('seed', qq{
+COPY (SELECT applied_at, version, rows, fingerprint, policy, key, result FROM idem_ledger)
+  TO '$dir/ledger10.copy';
+COPY effects TO '$dir/effects.copy';
+});
+
+$node->safe_psql('upg', q{CREATE EXTENSION idempotent VERSION '1.0'});
+is($node->safe_psql('upg', q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
+	'1.0', 'upg: the extension is at 1.0');
+is( $node->safe_psql('upg',
+		q{SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
+		  WHERE attrelid = 'idem_ledger'::regclass AND attnum > 0 AND NOT attisdropped}),
+	'applied_at,version,rows,fingerprint,policy,key,result',
+	'upg: the 1.0 ledger has no expires_at');
+is( $node->safe_psql('upg',
+		q{SELECT count(*) FROM pg_proc WHERE proname IN ('idem_purge', 'idem_forget', 'idem_reset', 'idem_get')}),
+	'0', 'upg: 1.0 has no retention functions');
+$node->safe_psql('upg', qq{
+CREATE TABLE effects (k text NOT NULL, v int NOT NULL);
+COPY idem_ledger FROM '$dir/ledger10.copy';
+COPY effects FROM '$dir/effects.copy';
+});
+is(ledger('upg', no_expiry => 1), ledger('seed', no_expiry => 1),
+	'upg: the 1.0 ledger holds the keys');
+
+# The library should serve a 1.0 ledger until ALTER EXTENSION UPDATE: a new
+# library is installed for every database at once, each one updated later.
+$node->safe_psql('upg_calls', q{
+CREATE EXTENSION idempotent VERSION '1.0';
+CREATE TABLE effects (k text NOT NULL, v int NOT NULL);
+});
+{
+	my ($rc, $out, $err) = $node->psql('upg_calls',
+		"SELECT status FROM idem_apply('k10', NULL, \$s\$$insert\$s\$, 'k10'::text, 1)");
+	unlike($err, qr/server closed the connection|terminated/,
+		'upg_calls: a call on a 1.0 ledger does not crash the server');
+	is($out, 'applied', 'upg_calls: a call on a 1.0 ledger applies');
+	is($err, '', 'upg_calls: and raises no error');
+}
+
+# A session open since before the update, that already opened the 1.0 ledger.
+my $early = $node->background_psql('upg', on_error_stop => 0);
+$early->query(q{SELECT status FROM idem_apply('early', NULL, 'SELECT 1')});
+
+$node->safe_psql('upg', 'ALTER EXTENSION idempotent UPDATE');
+is($node->safe_psql('upg', q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
+	'1.1', 'upg: ALTER EXTENSION UPDATE brings it to 1.1');
+is( $node->safe_psql('upg',
+		q{SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+		  WHERE attrelid = 'idem_ledger'::regclass AND attname = 'expires_at'}),
+	'timestamp with time zone', 'upg: the ledger gained expires_at');
+is( $node->safe_psql('upg',
+		q{SELECT pg_get_indexdef('idem_ledger_expires_at'::regclass)}),
+	'CREATE INDEX idem_ledger_expires_at ON public.idem_ledger USING btree (expires_at) WHERE (expires_at IS NOT NULL)',
+	'upg: and the partial expiry index');
+is( $node->safe_psql('upg',
+		q{SELECT string_agg(p.proname || ':' || has_function_privilege('public', p.oid, 'EXECUTE'),
+		                    ',' ORDER BY p.proname)
+		  FROM pg_proc p
+		  WHERE p.proname IN ('idem_purge', 'idem_forget', 'idem_reset', 'idem_get')}),
+	'idem_forget:false,idem_get:false,idem_purge:false,idem_reset:false',
+	'upg: the retention functions, EXECUTE revoked from PUBLIC');
+is( $node->safe_psql('upg',
+		q{SELECT 'idem_ledger'::regclass = ANY (extconfig) FROM pg_extension WHERE extname = 'idempotent'}),
+	't', 'upg: the ledger is still dumped with its rows');
+is( $node->safe_psql('upg',
+		q{SELECT count(*) || '/' || count(expires_at) FROM idem_ledger}),
+	'6/0', 'upg: the 1.0 keys are kept forever (expires_at NULL)');
+is(ledger('upg', no_expiry => 1), ledger('seed', no_expiry => 1),
+	'upg: the update changed no key');
+
+check_keys('upg', 'after the update');
+is(effects('upg'), $all_effects, 'after the update: the effects are the 1.0 ones');
+is($node->safe_psql('upg', 'SELECT idem_purge()'), '0',
+	'after the update: purge finds nothing to delete among the 1.0 keys');
+
+# ttl after the update
+my $ttl = q{SET idempotent.ttl = '1h'; };
+is(call('upg', 'idem_apply', 'ttl-1', undef, 11, setup => $ttl),
+	'applied|t|||1|[{"k": "ttl-1", "v": 11}]', 'after the update: a key with a ttl applies');
+is( $node->safe_psql('upg',
+		q{SELECT expires_at - applied_at FROM idem_ledger WHERE key = 'ttl-1'}),
+	'01:00:00', 'after the update: it expires an hour after it was applied');
+is(call('upg', 'idem_apply', 'ttl-1', undef, 11, setup => $ttl),
+	'duplicate|f|||1|[{"k": "ttl-1", "v": 11}]', 'after the update: a duplicate before expiry');
+$node->safe_psql('upg',
+	q{UPDATE idem_ledger SET expires_at = now() - interval '1 second' WHERE key = 'ttl-1'});
+is($node->safe_psql('upg', q{SELECT expired FROM idem_get('ttl-1')}), 't',
+	'after the update: idem_get reports it expired');
+is(call('upg', 'idem_apply', 'ttl-1', undef, 11, setup => $ttl),
+	'applied|t|||1|[{"k": "ttl-1", "v": 11}]', 'after the update: applied again once expired');
+$node->safe_psql('upg',
+	q{UPDATE idem_ledger SET expires_at = now() - interval '1 second' WHERE key = 'ttl-1'});
+is($node->safe_psql('upg', 'SELECT idem_purge()'), '1', 'after the update: purge deletes it');
+is($node->safe_psql('upg', q{SELECT count(*) FROM idem_ledger}), '6',
+	'after the update: and only it');
+is($node->safe_psql('upg', q{SELECT idem_reset('seq', 10)}), '3',
+	'after the update: idem_reset on a 1.0 key returns its version');
+is(call('upg', 'idem_apply_next', 'seq', 11, 111), 'applied|t|11|10|1|[{"k": "seq", "v": 111}]',
+	'after the update: the next key goes on from the reset watermark');
+is($node->safe_psql('upg', q{SELECT idem_forget('once-1')}), 't',
+	'after the update: idem_forget on a 1.0 key');
+is(call('upg', 'idem_apply', 'once-1', undef, 1), 'applied|t|||1|[{"k": "once-1", "v": 1}]',
+	'after the update: the forgotten 1.0 key applies again');
+
+# The session opened before the update sees the new ledger.
+is($early->query(q{SET idempotent.ttl = '1h'; SELECT status FROM idem_apply('early', NULL, 'SELECT 1')}),
+	'applied', 'a session opened before the update applies after it');
+is($early->query(q{SELECT expires_at - applied_at FROM idem_ledger WHERE key = 'early'}),
+	'01:00:00', 'that session records expires_at');
+is($early->query('SELECT idem_purge()'), '0', 'that session finds the expiry index');
+$early->quit;
+
+###########################################################################
+# (b) pg_dump -Fc / pg_restore, (c) pg_dump -Fp | psql
+
+note 'dump and restore';
+
+$node->safe_psql('postgres', 'CREATE DATABASE src');
+$node->safe_psql('postgres', 'CREATE ROLE regress_reader');
+$node->safe_psql('src', q{
+CREATE EXTENSION idempotent;
+CREATE TABLE effects (k text NOT NULL, v int NOT NULL);
+INSERT INTO effects VALUES ('claimed-seq', 0);
+GRANT EXECUTE ON FUNCTION idem_get(text) TO regress_reader;
+});
+record_keys('src');
+# keys with a ttl: one live, one expired and not purged yet
+is(call('src', 'idem_apply', 'ttl-live', undef, 21, setup => $ttl),
+	'applied|t|||1|[{"k": "ttl-live", "v": 21}]', 'src: a key with an hour to live');
+is(call('src', 'idem_apply', 'ttl-gone', undef, 22, setup => $ttl),
+	'applied|t|||1|[{"k": "ttl-gone", "v": 22}]', 'src: a key that expires');
+$node->safe_psql('src',
+	q{UPDATE idem_ledger SET expires_at = now() - interval '1 second' WHERE key = 'ttl-gone'});
+my $src_ledger  = ledger('src');
+my $src_effects = effects('src');
+is($src_effects,
+	'claimed-seq=0,newer=50,once-1=1,seq=101,seq=102,seq=103,ttl-gone=22,ttl-live=21,ups=70',
+	'src: the effects');
+
+sub check_restored
+{
+	my ($db) = @_;
+	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
+		'1.1', "$db: the extension is at 1.1");
+	is(ledger($db),  $src_ledger,  "$db: the ledger is restored row for row");
+	is(effects($db), $src_effects, "$db: the effects are restored");
+	is( $node->safe_psql($db,
+			q{SELECT count(*) FROM pg_indexes WHERE tablename = 'idem_ledger'}),
+		'2', "$db: the ledger has its two indexes");
+	check_keys($db, "$db");
+	is(call($db, 'idem_apply', 'ttl-live', undef, 21, setup => $ttl),
+		'duplicate|f|||1|[{"k": "ttl-live", "v": 21}]', "$db: the live ttl key is a duplicate");
+	is( $node->safe_psql($db,
+			q{SET ROLE regress_reader; SELECT key || ':' || expired FROM idem_get('ttl-gone')}),
+		'ttl-gone:true', "$db: the grant on idem_get survived; the expired key is still expired");
+	is($node->safe_psql($db, 'SELECT idem_purge()'), '1', "$db: purge deletes the expired key");
+	is(call($db, 'idem_apply', 'ttl-gone', undef, 22, setup => $ttl),
+		'applied|t|||1|[{"k": "ttl-gone", "v": 22}]', "$db: which then applies again");
+	is(effects($db),
+		'claimed-seq=0,newer=50,once-1=1,seq=101,seq=102,seq=103,ttl-gone=22,ttl-gone=22,ttl-live=21,ups=70',
+		"$db: one effect more, the expired key's");
+	is($node->safe_psql($db, q{SELECT count(*) FROM idem_ledger}), '8', "$db: eight keys");
+	return;
+}
+
+my $host = $node->host;
+my $port = $node->port;
+my $dumpfile = "$dir/src.dump";
+
+$node->command_ok(
+	[ 'pg_dump', '-h', $host, '-p', $port, '-Fc', '-f', $dumpfile, 'src' ],
+	'pg_dump -Fc of the source database');
+$node->safe_psql('postgres', 'CREATE DATABASE dst_custom');
+$node->command_ok(
+	[ 'pg_restore', '-h', $host, '-p', $port, '--exit-on-error', '-d', 'dst_custom', $dumpfile ],
+	'pg_restore into a new database');
+check_restored('dst_custom');
+
+# plain format through a pipe
+my ($plain, $dump_err, $psql_out, $psql_err) = ('', '', '', '');
+IPC::Run::run([ 'pg_dump', '-h', $host, '-p', $port, '-Fp', 'src' ], '>', \$plain)
+  or die 'pg_dump -Fp failed';
+like($plain, qr/^CREATE EXTENSION IF NOT EXISTS idempotent WITH SCHEMA public;$/m,
+	'the plain dump creates the extension');
+unlike($plain, qr/CREATE TABLE public\.idem_ledger/, 'it does not create the ledger itself');
+like($plain, qr/^COPY public\.idem_ledger \(applied_at, version, rows, fingerprint, policy, key, result, expires_at\) FROM stdin;$/m,
+	'it copies the ledger rows, expires_at included');
+$node->safe_psql('postgres', 'CREATE DATABASE dst_plain');
+my $ok = IPC::Run::run(
+	[ 'pg_dump', '-h', $host, '-p', $port, '-Fp', 'src' ], '2>', \$dump_err,
+	'|', [ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', $host, '-p', $port, '-d', 'dst_plain' ],
+	'>', \$psql_out, '2>', \$psql_err);
+ok($ok, 'pg_dump -Fp src | psql dst_plain');
+is($dump_err . $psql_err, '', 'neither reported an error');
+check_restored('dst_plain');
+
+$node->stop;
+done_testing();
