@@ -26,7 +26,7 @@ ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
 
 # TAP tests (PostgreSQL::Test::Cluster): crashes, restarts
 TAP_TESTS = 1
-PROVE_TESTS = test/t/*.pl
+PROVE_TESTS ?= test/t/*.pl
 
 EXTRA_CLEAN = results output_iso tmp_check regression.diffs regression.out
 
