@@ -5,6 +5,7 @@
 #   make test         install what is missing, build with -Werror, install, run every suite
 #   make demo         payment stream through idem_apply beside a naive consumer
 #   make bench        cost per call against the bare statement, growth, pgbench, batches
+#   make bench-purge  purge rate, and call latency while a purge runs
 #   make installcheck run the suites against a server that is already running
 
 EXTENSION = idempotent
@@ -37,7 +38,7 @@ include $(PGXS)
 # every object sees the shared structs: rebuild them all when a header changes
 $(OBJS): $(wildcard src/*.h)
 
-.PHONY: test demo bench
+.PHONY: test demo bench bench-purge
 test:
 	scripts/run-tests.sh
 
@@ -46,3 +47,6 @@ demo:
 
 bench:
 	scripts/bench.sh
+
+bench-purge:
+	scripts/bench-purge.sh
