@@ -54,6 +54,10 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use PaymentStream;
 use IPC::Run;
 use Time::HiRes qw(usleep time);
 
@@ -67,64 +71,16 @@ my $NACCT = 25;      # accounts (shared by all partitions)
 # The message streams, from a fixed seed (xorshift32: same on every perl).
 # The same streams are used by every run.
 
-my $rng = 0x1D872B41;
-
-sub rnd
-{
-	my ($n) = @_;
-	$rng ^= ($rng << 13) & 0xffffffff;
-	$rng ^= $rng >> 17;
-	$rng ^= ($rng << 5) & 0xffffffff;
-	$rng &= 0xffffffff;
-	return $rng % $n;
-}
-
-my %pay;                                  # id => [account, amount]
-my @stream  = map { [] } 1 .. $NPART;     # partition => [payment ids]
-my @pending = map { [] } 1 .. $NPART;     # partition => [[position, id]]
-
-sub deliver
-{
-	my ($p, $id) = @_;
-	push @{ $stream[$p] }, $id;
-	while (my @due = grep { $_->[0] <= @{ $stream[$p] } } @{ $pending[$p] })
-	{
-		$pending[$p] = [ grep { $_->[0] > @{ $stream[$p] } } @{ $pending[$p] } ];
-		push @{ $stream[$p] }, map { $_->[1] } @due;
-	}
-	return;
-}
-
-for my $i (1 .. $NPAY)
-{
-	my $id = sprintf('pay-%05d', $i);
-	$pay{$id} = [ 1 + rnd($NACCT), 1 + rnd(500) ];
-	my $home = rnd($NPART);
-	deliver($home, $id);
-	# the same message again right after (redelivery after a lost ack)
-	deliver($home, $id) if rnd(100) < 10;
-	# the same message again later (redelivery after a rebalance)
-	push @{ $pending[$home] }, [ scalar(@{ $stream[$home] }) + 20 + rnd(200), $id ]
-	  if rnd(100) < 10;
-	# a producer retry that landed the payment on another partition too
-	if (rnd(100) < 12)
-	{
-		my $other = ($home + 1 + rnd($NPART - 1)) % $NPART;
-		deliver($other, $id);
-	}
-}
-for my $p (0 .. $NPART - 1)
-{
-	push @{ $stream[$p] }, map { $_->[1] } @{ $pending[$p] };
-	$pending[$p] = [];
-}
-
-my @len = map { scalar @{ $stream[$_] } } 0 .. $NPART - 1;
-my $nmsg = 0;
-$nmsg += $_ for @len;
-my %expected_balance;
-$expected_balance{$_} = 0 for 1 .. $NACCT;
-$expected_balance{ $pay{$_}[0] } += $pay{$_}[1] for keys %pay;
+my %generated = PaymentStream::generate(
+	partitions => $NPART,
+	payments   => $NPAY,
+	accounts   => $NACCT,
+	seed       => 0x1D872B41);
+my %pay              = %{ $generated{pay} };
+my @stream           = @{ $generated{stream} };
+my @len              = @{ $generated{len} };
+my $nmsg             = $generated{nmsg};
+my %expected_balance = %{ $generated{balance} };
 
 {
 	my %parts_of;
