@@ -165,22 +165,6 @@ sub start_client
 	return { p => $p, h => $h, out => $out, err => $err, from => $from, to => $to };
 }
 
-# The complete ack lines a client has printed so far.
-sub read_acks
-{
-	my ($c, $epoch) = @_;
-	my $text = -e $c->{out} ? slurp_file($c->{out}) : '';
-	$text =~ s/[^\n]*\z//;    # a line still being written is not an ack yet
-	my @acks;
-	for my $line (split /\n/, $text)
-	{
-		die "unexpected output from client $c->{p}: $line"
-		  unless $line =~ /^ack\|(\d+)\|(\d+)\|(\w+)\|([tf])\|(\d*)$/;
-		die "client $c->{p} printed an ack for partition $1" unless $1 == $c->{p};
-		push @acks, [ $epoch, $1, $2, $3, $4, $5 ];
-	}
-	return @acks;
-}
 
 # Gone, and reaped: a new postmaster refuses to start while the pid in
 # postmaster.pid still answers kill 0, even as a zombie.
@@ -262,7 +246,7 @@ sub run_epoch
 		while (time < $deadline)
 		{
 			$seen = 0;
-			$seen += scalar(read_acks($_, $epoch)) for @clients;
+			$seen += scalar(PaymentStream::read_acks($_, $epoch)) for @clients;
 			last if $seen >= $target;
 			usleep(5_000);
 		}
@@ -270,7 +254,7 @@ sub run_epoch
 
 		# The broker's view: acks it has received.  Those printed from now
 		# on are lost, as an ack to the broker can be.
-		@broker_view = map { read_acks($_, $epoch) } @clients;
+		@broker_view = map { PaymentStream::read_acks($_, $epoch) } @clients;
 		usleep(30_000);
 		$opt{crash}->();
 	}
@@ -280,7 +264,7 @@ sub run_epoch
 		$c->{h}->finish;
 		$c->{exit} = $c->{h}->result(0);
 		$c->{stderr} = slurp_file($c->{err});
-		my @acks = read_acks($c, $epoch);
+		my @acks = PaymentStream::read_acks($c, $epoch);
 		$c->{acks} = \@acks;
 		push @printed, @acks;
 

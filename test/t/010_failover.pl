@@ -145,28 +145,12 @@ sub start_client
 	return { p => $p, h => $h, out => $out, err => $err, from => $from, to => $to };
 }
 
-# The complete ack lines a client has printed so far.
-sub read_acks
-{
-	my ($c, $epoch) = @_;
-	my $text = -e $c->{out} ? slurp_file($c->{out}) : '';
-	$text =~ s/[^\n]*\z//;    # a line still being written is not an ack yet
-	my @acks;
-	for my $line (split /\n/, $text)
-	{
-		die "unexpected output from client $c->{p}: $line"
-		  unless $line =~ /^ack\|(\d+)\|(\d+)\|(\w+)\|([tf])\|(\d*)$/;
-		die "client $c->{p} printed an ack for partition $1" unless $1 == $c->{p};
-		push @acks, [ $epoch, $1, $2, $3, $4, $5 ];
-	}
-	return @acks;
-}
 
 sub count_acks
 {
 	my ($clients, $epoch) = @_;
 	my $n = 0;
-	$n += scalar(read_acks($_, $epoch)) for @$clients;
+	$n += scalar(PaymentStream::read_acks($_, $epoch)) for @$clients;
 	return $n;
 }
 
@@ -253,7 +237,7 @@ sub run_epoch
 		$c->{h}->finish;
 		$c->{exit}   = $c->{h}->result(0);
 		$c->{stderr} = slurp_file($c->{err});
-		my @acks = read_acks($c, $epoch);
+		my @acks = PaymentStream::read_acks($c, $epoch);
 		$c->{acks} = \@acks;
 		push @all, @acks;
 		my $what = "$R->{tag} epoch $epoch, partition $c->{p}";
@@ -436,7 +420,7 @@ synchronous_commit = on
 				  . "FROM pg_stat_replication WHERE application_name = '$sname'");
 			# The broker's view: acks it has received.  Those printed from
 			# now until the failure never reach it.
-			@view = map { read_acks($_, 1) } @$clients;
+			@view = map { PaymentStream::read_acks($_, 1) } @$clients;
 			usleep(30_000);
 			$R->{stall_ms} = int(1000 * (time - $stall_time)) if defined $stall_time;
 			kill_primary($primary);

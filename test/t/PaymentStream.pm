@@ -12,6 +12,8 @@ package PaymentStream;
 use strict;
 use warnings;
 
+use PostgreSQL::Test::Utils qw(slurp_file);
+
 # generate(partitions => N, payments => N, accounts => N, seed => 32-bit):
 # returns a hash with
 #   pay      => { id => [account, amount] }
@@ -85,6 +87,26 @@ sub generate
 		len     => \@len,
 		nmsg    => $nmsg,
 		balance => \%balance);
+}
+
+# The complete ack lines a client has printed so far: a client is a psql
+# printing "ack|partition|seq|status|applied|rows" for each message after its
+# commit, into the file $c->{out}; returns [epoch, partition, seq, status,
+# applied, rows] for each.
+sub read_acks
+{
+	my ($c, $epoch) = @_;
+	my $text = -e $c->{out} ? slurp_file($c->{out}) : '';
+	$text =~ s/[^\n]*\z//;    # a line still being written is not an ack yet
+	my @acks;
+	for my $line (split /\n/, $text)
+	{
+		die "unexpected output from client $c->{p}: $line"
+		  unless $line =~ /^ack\|(\d+)\|(\d+)\|(\w+)\|([tf])\|(\d*)$/;
+		die "client $c->{p} printed an ack for partition $1" unless $1 == $c->{p};
+		push @acks, [ $epoch, $1, $2, $3, $4, $5 ];
+	}
+	return @acks;
 }
 
 1;
