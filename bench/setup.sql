@@ -78,22 +78,8 @@ BEGIN
   RETURN bench.us_per_call(t0, n);
 END $$;
 
--- idem_apply, policy once (version NULL).
-CREATE FUNCTION bench.run_once(tag text, n int) RETURNS float8 LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-  _k text;
-  _ok boolean;
-BEGIN
-  FOR _i IN 1..n LOOP
-    _k := bench.key(tag, _i);
-    _ok := (idem_apply(_k, NULL, 'INSERT INTO bench.t (k, v) VALUES ($1, $2)', _k, _i)).applied;
-  END LOOP;
-  RETURN bench.us_per_call(t0, n);
-END $$;
-
--- idem_apply, policy newer (version given).
-CREATE FUNCTION bench.run_newer(tag text, n int, ver bigint) RETURNS float8 LANGUAGE plpgsql AS $$
+-- idem_apply: policy once when ver is NULL, newer otherwise.
+CREATE FUNCTION bench.run_apply(tag text, n int, ver bigint) RETURNS float8 LANGUAGE plpgsql AS $$
 DECLARE
   t0 timestamptz := clock_timestamp();
   _k text;
@@ -191,8 +177,8 @@ BEGIN
   COMMIT;
   CASE path
     WHEN 'pattern_dup' THEN PERFORM bench.run_pattern('patt', n);
-    WHEN 'once_dup' THEN PERFORM bench.run_once('once', n);
-    WHEN 'newer' THEN PERFORM bench.run_newer('newr', n, 1);
+    WHEN 'once_dup' THEN PERFORM bench.run_apply('once', n, NULL);
+    WHEN 'newer' THEN PERFORM bench.run_apply('newr', n, 1);
     WHEN 'next' THEN PERFORM bench.run_next('next', n, 1);
     WHEN 'upsert' THEN PERFORM bench.run_upsert('upst', n, 1);
     ELSE NULL;
@@ -203,9 +189,9 @@ BEGIN
     WHEN 'bare' THEN bench.run_bare('bare', n)
     WHEN 'pattern_new' THEN bench.run_pattern('patt', n)
     WHEN 'pattern_dup' THEN bench.run_pattern('patt', n)
-    WHEN 'once_new' THEN bench.run_once('once', n)
-    WHEN 'once_dup' THEN bench.run_once('once', n)
-    WHEN 'newer' THEN bench.run_newer('newr', n, 2)
+    WHEN 'once_new' THEN bench.run_apply('once', n, NULL)
+    WHEN 'once_dup' THEN bench.run_apply('once', n, NULL)
+    WHEN 'newer' THEN bench.run_apply('newr', n, 2)
     WHEN 'next' THEN bench.run_next('next', n, 2)
     WHEN 'upsert' THEN bench.run_upsert('upst', n, 2)
     WHEN 'claim_new' THEN bench.run_claim('clam', n)
@@ -237,7 +223,7 @@ BEGIN
   COMMIT;
   sel := bench.run_select_preloaded(total, n, rep);
   COMMIT;
-  new := bench.run_once('g' || lpad(rep::text, 3, '0'), n);
+  new := bench.run_apply('g' || lpad(rep::text, 3, '0'), n, NULL);
   ROLLBACK;
   INSERT INTO bench.result
   VALUES ('growth_dup', total, rep, dup), ('growth_sql', total, rep, sel), ('growth_new', total, rep, new);

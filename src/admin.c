@@ -12,7 +12,6 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/timestamp.h"
 
 #include "ledger.h"
 
@@ -158,11 +157,7 @@ idem_reset(PG_FUNCTION_ARGS)
 	row.has_fingerprint = false;
 	row.fingerprint = 0;
 	row.result = NULL;
-	row.applied_at = GetCurrentTransactionStartTimestamp();
-	row.has_expiry = (idem_ttl > 0);
-	row.expires_at = row.has_expiry ?
-		row.applied_at + (TimestampTz) idem_ttl * USECS_PER_SEC : 0;
-	ExecClearTuple(ledger.slot);
+	ledger_stamp_row(&row);
 	if (present)
 		ledger_update(&ledger, key, &row);
 	else

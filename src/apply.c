@@ -13,7 +13,6 @@
 
 #include "access/xact.h"
 #include "utils/builtins.h"
-#include "utils/timestamp.h"
 
 #include "ledger.h"
 #include "statement.h"
@@ -197,15 +196,12 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	row.policy = req->policy;
 	row.has_version = req->has_version;
 	row.version = req->version;
-	row.applied_at = GetCurrentTransactionStartTimestamp();
 	row.has_fingerprint = (req->stmt != NULL);
 	row.fingerprint = req->fingerprint;
 	row.has_rows = false;
 	row.rows = 0;
 	row.result = NULL;
-	row.has_expiry = (idem_ttl > 0);
-	row.expires_at = row.has_expiry ?
-		row.applied_at + (TimestampTz) idem_ttl * USECS_PER_SEC : 0;
+	ledger_stamp_row(&row);
 
 	/* Let go of the probed ledger page while the statement runs. */
 	ExecClearTuple(ledger->slot);
@@ -227,6 +223,14 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	out->has_rows = row.has_rows;
 	out->rows = row.rows;
 	out->result = row.result;
+}
+
+/* Another transaction is applying the key and we may not wait: say so only. */
+static void
+in_progress(IdemOutcome *out)
+{
+	memset(out, 0, sizeof(IdemOutcome));
+	out->status = IDEM_IN_PROGRESS;
 }
 
 void
@@ -255,8 +259,7 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 			}
 			if (!idem_wait)
 			{
-				memset(out, 0, sizeof(IdemOutcome));
-				out->status = IDEM_IN_PROGRESS;
+				in_progress(out);
 				break;
 			}
 			ledger_wait(&ledger, &writer);
@@ -273,8 +276,7 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 			/* Lock, then probe again: someone may have applied meanwhile. */
 			if (!ledger_lock_key(req->key, idem_wait))
 			{
-				memset(out, 0, sizeof(IdemOutcome));
-				out->status = IDEM_IN_PROGRESS;
+				in_progress(out);
 				break;
 			}
 			locked = true;

@@ -356,6 +356,19 @@ ledger_row_expired(const LedgerRow *row)
 	return row->has_expiry && row->expires_at <= GetCurrentTransactionStartTimestamp();
 }
 
+/*
+ * Stamp a row about to be written: applied now (the transaction's start),
+ * expiring after idempotent.ttl if one is set.
+ */
+void
+ledger_stamp_row(LedgerRow *row)
+{
+	row->applied_at = GetCurrentTransactionStartTimestamp();
+	row->has_expiry = (idem_ttl > 0);
+	row->expires_at = row->has_expiry ?
+		row->applied_at + (TimestampTz) idem_ttl * USECS_PER_SEC : 0;
+}
+
 /* Wait until the transaction writing a busy key has ended. */
 void
 ledger_wait(Ledger *ledger, const LedgerWriter *writer)

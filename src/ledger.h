@@ -68,5 +68,6 @@ extern void ledger_update(Ledger *ledger, text *key, const LedgerRow *row);
 extern bool ledger_delete(Ledger *ledger, ItemPointer tid, bool wait);
 extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now);
 extern bool ledger_row_expired(const LedgerRow *row);
+extern void ledger_stamp_row(LedgerRow *row);
 
 #endif							/* IDEM_LEDGER_H */

@@ -58,9 +58,7 @@ typedef struct PlanEntry
 	uint64		hash;			/* hash key: statement text and argument types */
 	char	   *sql;
 	int			sql_len;
-	int			nargs;
-	Oid		   *types;			/* argument types, unknown for untyped literals */
-	Prepared	prepared;
+	Prepared	prepared;		/* with the argument types the entry is for */
 } PlanEntry;
 
 static HTAB *plan_cache = NULL;
@@ -100,11 +98,11 @@ plan_lookup(const IdemStatement *stmt)
 		return NULL;
 	entry = hash_search(plan_cache, &stmt->plan_hash, HASH_FIND, NULL);
 	if (entry == NULL ||
-		entry->nargs != stmt->nargs ||
+		entry->prepared.nargs != stmt->nargs ||
 		entry->sql_len != VARSIZE_ANY_EXHDR(stmt->sql) ||
 		memcmp(entry->sql, VARDATA_ANY(stmt->sql), entry->sql_len) != 0 ||
 		(stmt->nargs > 0 &&
-		 memcmp(entry->types, stmt->types, stmt->nargs * sizeof(Oid)) != 0))
+		 memcmp(entry->prepared.arg_types, stmt->types, stmt->nargs * sizeof(Oid)) != 0))
 		return NULL;
 	return entry;
 }
@@ -262,9 +260,7 @@ remember(const IdemStatement *stmt)
 	filled.sql_len = VARSIZE_ANY_EXHDR(stmt->sql);
 	filled.sql = MemoryContextAlloc(TopMemoryContext, filled.sql_len);
 	memcpy(filled.sql, VARDATA_ANY(stmt->sql), filled.sql_len);
-	filled.nargs = stmt->nargs;
 	init_prepared(stmt, &filled.prepared, TopMemoryContext);
-	filled.types = filled.prepared.arg_types;
 
 	entry = hash_search(plan_cache, &stmt->plan_hash, HASH_ENTER, NULL);
 	*entry = filled;
@@ -550,18 +546,17 @@ hash_value(Datum value, Oid type)
 							   info->typlen, 0);
 }
 
-/* Fingerprint of the request: statement text, argument types and values. */
+/*
+ * Fingerprint of the request: statement text and argument types (the plan
+ * hash statement_check() computed already covers them) and argument values.
+ */
 int64
 statement_fingerprint(const IdemStatement *stmt)
 {
-	uint64		hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stmt->sql),
-										   VARSIZE_ANY_EXHDR(stmt->sql), 0);
+	uint64		hash = stmt->plan_hash;
 
 	for (int i = 0; i < stmt->nargs; i++)
-	{
-		hash = hash_combine64(hash, stmt->types[i]);
 		hash = hash_combine64(hash, stmt->nulls[i] == 'n' ? UINT64CONST(0x9E3779B97F4A7C15) :
 							  hash_value(stmt->values[i], stmt->types[i]));
-	}
 	return (int64) hash;
 }
