@@ -37,6 +37,7 @@
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "catalog/namespace.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -58,21 +59,41 @@
 /* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
 #define IDEM_KEY_LOCK_CLASS		0x1DE
 
-/* The ledger's relations, looked up once per backend and forgotten on DDL. */
-static Oid	ledger_heap_oid = InvalidOid;
-static Oid	ledger_index_oid = InvalidOid;
-static Oid	ledger_expiry_oid = InvalidOid;	/* may stay invalid: schema 1.0 */
-static bool ledger_callback_registered = false;
+/* An index on the ledger and what inserting into it needs (see insert_index_entries). */
+typedef struct LedgerIndex
+{
+	Oid			oid;
+	IndexInfo  *info;			/* columns, "IS NOT NULL" predicate */
+} LedgerIndex;
+
+/*
+ * The ledger's relations and its indexes, looked up once per backend and
+ * forgotten when a relcache invalidation reaches any of them (DDL, REINDEX
+ * CONCURRENTLY, ANALYZE).  The invalidation callback only marks the cache
+ * stale; it is rebuilt, and its memory reset, at the next ledger_open or
+ * insert, when nothing points into it.
+ */
+static struct
+{
+	bool		valid;
+	Oid			heap;
+	Oid			pkey;
+	Oid			expiry;			/* may stay invalid: schema 1.0 */
+	int			nindexes;
+	LedgerIndex *indexes;		/* every index, the primary key included */
+	MemoryContext cxt;			/* holds indexes */
+} cache;
 
 static void
 ledger_relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == ledger_heap_oid ||
-		relid == ledger_index_oid)
-	{
-		ledger_heap_oid = InvalidOid;
-		ledger_index_oid = InvalidOid;
-	}
+	if (!cache.valid)
+		return;
+	if (relid == InvalidOid || relid == cache.heap)
+		cache.valid = false;
+	for (int i = 0; i < cache.nindexes && cache.valid; i++)
+		if (relid == cache.indexes[i].oid)
+			cache.valid = false;
 }
 
 /* The schema the extension was created in. */
@@ -138,20 +159,27 @@ predicate_holds(List *predicate, HeapTuple tuple)
  * one such beside the primary key), partial only on "column IS NOT NULL"
  * (as the expiry index is).  Any other index would need an executor state:
  * refuse to work beside one.  Creating an index invalidates the ledger's
- * relcache entry, which brings us back here.
+ * relcache entry, which brings us back here.  Fills cache.indexes.
  */
 static void
-check_ledger_indexes(Oid heap_oid)
+cache_ledger_indexes(Oid heap_oid)
 {
 	Relation	heap = table_open(heap_oid, AccessShareLock);
 	List	   *indexes = RelationGetIndexList(heap);
 	ListCell   *lc;
+	MemoryContext oldcxt;
+	int			n = 0;
 
+	cache.indexes = MemoryContextAlloc(cache.cxt,
+									   Max(list_length(indexes), 1) * sizeof(LedgerIndex));
 	foreach(lc, indexes)
 	{
 		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
-		IndexInfo  *info = BuildIndexInfo(index);
+		IndexInfo  *info;
 
+		oldcxt = MemoryContextSwitchTo(cache.cxt);
+		info = BuildIndexInfo(index);
+		MemoryContextSwitchTo(oldcxt);
 		if (info->ii_Expressions != NIL || info->ii_ExclusionOps != NULL ||
 			!is_not_null_predicate(info->ii_Predicate))
 			ereport(ERROR,
@@ -160,66 +188,95 @@ check_ledger_indexes(Oid heap_oid)
 							RelationGetRelationName(index)),
 					 errdetail("The extension maintains plain-column indexes on the ledger, partial ones only on IS NOT NULL conditions."),
 					 errhint("Drop the index.")));
+		cache.indexes[n].oid = RelationGetRelid(index);
+		cache.indexes[n].info = info;
+		n++;
 		index_close(index, AccessShareLock);
 	}
+	cache.nindexes = n;
 	list_free(indexes);
 	table_close(heap, NoLock);
 }
 
-/*
- * Find idem_ledger and its index in the extension's schema.  The cache is
- * set last: opening relations here may run the invalidation callback.
- */
+/* Fill the cache: idem_ledger and its indexes, in the extension's schema. */
 static void
-ledger_lookup(void)
+lookup_relations(void)
 {
-	Oid			extoid;
+	Oid			extoid = get_extension_oid("idempotent", true);
 	Oid			nspoid;
-	Oid			heap_oid;
-	Oid			index_oid;
 
-	if (!ledger_callback_registered)
-	{
-		CacheRegisterRelcacheCallback(ledger_relcache_callback, (Datum) 0);
-		ledger_callback_registered = true;
-	}
-
-	extoid = get_extension_oid("idempotent", true);
 	if (!OidIsValid(extoid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"idempotent\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION idempotent.")));
 	nspoid = extension_schema(extoid);
-	heap_oid = get_relname_relid("idem_ledger", nspoid);
-	index_oid = get_relname_relid("idem_ledger_pkey", nspoid);
-	if (!OidIsValid(heap_oid) || !OidIsValid(index_oid))
+	cache.heap = get_relname_relid("idem_ledger", nspoid);
+	cache.pkey = get_relname_relid("idem_ledger_pkey", nspoid);
+	if (!OidIsValid(cache.heap) || !OidIsValid(cache.pkey))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("ledger of extension \"idempotent\" is missing"),
 				 errdetail("Table \"idem_ledger\" and its index \"idem_ledger_pkey\" must be in schema \"%s\".",
 						   get_namespace_name(nspoid)),
 				 errhint("Drop and create the extension again.")));
-	check_ledger_indexes(heap_oid);
-
-	ledger_expiry_oid = get_relname_relid("idem_ledger_expires_at", nspoid);
-	ledger_heap_oid = heap_oid;
-	ledger_index_oid = index_oid;
+	cache.expiry = get_relname_relid("idem_ledger_expires_at", nspoid);
+	cache_ledger_indexes(cache.heap);
 }
 
+/*
+ * Find the ledger's relations when the cache is stale.  The cache is valid
+ * only if no invalidation reached it while it was filled (opening relations
+ * processes invalidations): otherwise look again.
+ */
+static void
+ledger_lookup(void)
+{
+	if (cache.cxt == NULL)
+	{
+		cache.cxt = AllocSetContextCreate(CacheMemoryContext, "idempotent ledger",
+										  ALLOCSET_SMALL_SIZES);
+		CacheRegisterRelcacheCallback(ledger_relcache_callback, (Datum) 0);
+	}
+
+	PG_TRY();
+	{
+		do
+		{
+			MemoryContextReset(cache.cxt);
+			cache.nindexes = 0;
+			cache.valid = true;	/* unless an invalidation comes meanwhile */
+			lookup_relations();
+		} while (!cache.valid);
+	}
+	PG_CATCH();
+	{
+		cache.valid = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Open the ledger for a call.  Locking the heap processes invalidations: if
+ * they reached the ledger (its indexes were swapped or dropped since the
+ * cache was filled), look again before opening any index.  Once the heap is
+ * locked, an index in the cache cannot be dropped or stop taking inserts
+ * until this transaction ends: DROP INDEX and REINDEX CONCURRENTLY wait.
+ */
 void
 ledger_open(Ledger *ledger)
 {
-	Oid			heap_oid;
-	Oid			index_oid;
-
-	if (!OidIsValid(ledger_heap_oid))
-		ledger_lookup();
-	/* Copies: opening may process invalidations that reset the cache. */
-	heap_oid = ledger_heap_oid;
-	index_oid = ledger_index_oid;
-	ledger->heap = table_open(heap_oid, RowExclusiveLock);
-	ledger->index = index_open(index_oid, RowExclusiveLock);
+	for (;;)
+	{
+		if (!cache.valid)
+			ledger_lookup();
+		ledger->heap = table_open(cache.heap, RowExclusiveLock);
+		if (cache.valid)
+			break;
+		table_close(ledger->heap, NoLock);
+	}
+	ledger->index = index_open(cache.pkey, RowExclusiveLock);
 	ledger->slot = table_slot_create(ledger->heap, NULL);
 	ledger->scan = NULL;
 	/* Version 1.0's ledger lacks expires_at; it keeps working, without a TTL. */
@@ -443,30 +500,37 @@ form_row(Ledger *ledger, text *key, const LedgerRow *row)
 
 /*
  * Index a new heap tuple in every index ready for inserts: the primary key,
- * and any plain-column index beside it (see check_ledger_indexes).
+ * and any plain-column index beside it (see cache_ledger_indexes).  The
+ * statement that ran since ledger_open may have invalidated the cache: the
+ * indexes are those of the relcache now, as the executor's would be.
  */
 static void
 insert_index_entries(Ledger *ledger, HeapTuple tuple)
 {
 	TupleDesc	desc = RelationGetDescr(ledger->heap);
-	List	   *indexes = RelationGetIndexList(ledger->heap);
-	ListCell   *lc;
 
-	foreach(lc, indexes)
+	if (!cache.valid)
+		ledger_lookup();
+	if (cache.heap != RelationGetRelid(ledger->heap))
+		elog(ERROR, "ledger of extension \"idempotent\" was replaced during a call");
+
+	for (int i = 0; i < cache.nindexes; i++)
 	{
-		Oid			oid = lfirst_oid(lc);
-		Relation	index = oid == RelationGetRelid(ledger->index) ? ledger->index :
-			index_open(oid, RowExclusiveLock);
-		IndexInfo  *info;
+		LedgerIndex *li = &cache.indexes[i];
+		Relation	index = li->oid == RelationGetRelid(ledger->index) ? ledger->index :
+			index_open(li->oid, RowExclusiveLock);
+		IndexInfo  *info = li->info;
 		Datum		values[INDEX_MAX_KEYS];
 		bool		nulls[INDEX_MAX_KEYS];
 
-		info = index->rd_index->indisready ? BuildIndexInfo(index) : NULL;
-		if (info != NULL && predicate_holds(info->ii_Predicate, tuple))
+		if (index->rd_index->indisready && predicate_holds(info->ii_Predicate, tuple))
 		{
-			for (int i = 0; i < info->ii_NumIndexAttrs; i++)
-				values[i] = heap_getattr(tuple, info->ii_IndexAttrNumbers[i],
-										 desc, &nulls[i]);
+			for (int k = 0; k < info->ii_NumIndexAttrs; k++)
+				values[k] = heap_getattr(tuple, info->ii_IndexAttrNumbers[k],
+										 desc, &nulls[k]);
+			/* an access method's per-statement state must not outlive the call */
+			info->ii_AmCache = NULL;
+			info->ii_Context = CurrentMemoryContext;
 			index_insert(index, values, nulls, &tuple->t_self, ledger->heap,
 						 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
 						 false, info);
@@ -474,7 +538,6 @@ insert_index_entries(Ledger *ledger, HeapTuple tuple)
 		if (index != ledger->index)
 			index_close(index, NoLock);
 	}
-	list_free(indexes);
 }
 
 /* Insert a new key; the caller holds the key's lock and saw it absent. */
@@ -572,12 +635,12 @@ ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now)
 	int64		deleted = 0;
 	bool		isnull;
 
-	if (!OidIsValid(ledger_expiry_oid))
+	if (!OidIsValid(cache.expiry))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("ledger of extension \"idempotent\" has no expiry index"),
 				 errhint("Run ALTER EXTENSION idempotent UPDATE, or create the index idem_ledger_expires_at as version 1.1 does.")));
-	index = index_open(ledger_expiry_oid, RowExclusiveLock);
+	index = index_open(cache.expiry, RowExclusiveLock);
 	ScanKeyInit(&skey, 1, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
 				TimestampTzGetDatum(now));
 
