@@ -4,13 +4,10 @@
  *	  policy, and when it is "applied" run the statement and record the key,
  *	  all in the caller's transaction.
  *
- * A call first tries the key's writers' lock without waiting, then probes
- * the key once.  Holding the lock, that probe decides: a duplicate, stale or
- * gap outcome lets go of the lock and writes nothing; an applied one runs the
- * statement and writes the ledger row.  When another call holds the lock,
- * the probe goes ahead without it, so a duplicate is still answered at once;
- * only if it decides to apply does the call wait for the lock and probe
- * again under it (the other call may have applied the key meanwhile).
+ * Reads need no lock: a duplicate, stale or gap outcome is decided from a
+ * single index probe and writes nothing.  Only a call that will apply takes
+ * the key's writers' lock, probes again under it (another session may have
+ * applied in between) and then runs the statement and writes the ledger row.
  */
 #include "postgres.h"
 
@@ -241,7 +238,6 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 {
 	Ledger		ledger;
 	bool		locked = false;
-	bool		tried = false;
 
 	memset(out, 0, sizeof(IdemOutcome));
 	idem_check_not_applying(req->key);
@@ -251,19 +247,7 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 	{
 		LedgerRow	row;
 		LedgerWriter writer;
-		LedgerProbe probe;
-
-		/*
-		 * Probe under the key's lock when it is free: then one probe decides,
-		 * and a call that applies needs no second one.  When another call
-		 * holds it, probe without: a duplicate need not wait for that call.
-		 */
-		if (!locked && !tried)
-		{
-			locked = ledger_lock_key(req->key, false);
-			tried = true;
-		}
-		probe = ledger_probe(&ledger, req->key, &row, &writer);
+		LedgerProbe probe = ledger_probe(&ledger, req->key, &row, &writer);
 
 		if (probe == LEDGER_BUSY)
 		{
@@ -279,7 +263,6 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 				break;
 			}
 			ledger_wait(&ledger, &writer);
-			tried = false;
 			continue;
 		}
 

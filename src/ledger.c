@@ -8,9 +8,8 @@
  * idempotent.wait = off, reports the key as in progress.
  *
  * Writers serialize on a short-lived heavyweight lock per key (an advisory
- * lock tag of our own class), taken around the probe when it is free (see
- * apply.c) and released as soon as the ledger row is written, or the probe
- * decided to write nothing, not at commit.  Under that
+ * lock tag of our own class), taken after the probe decided to apply and
+ * released as soon as the ledger row is written, not at commit.  Under that
  * lock a re-probe that finds nothing proves no other transaction can insert
  * the key until we have, so the insert needs neither speculative insertion
  * nor a subtransaction, and the statement runs before the row is written:
