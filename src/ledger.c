@@ -19,6 +19,7 @@
 
 #include "access/genam.h"
 #include "access/heapam.h"
+#include "access/relation.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -164,11 +165,19 @@ predicate_holds(List *predicate, HeapTuple tuple)
 static void
 cache_ledger_indexes(Oid heap_oid)
 {
-	Relation	heap = table_open(heap_oid, AccessShareLock);
-	List	   *indexes = RelationGetIndexList(heap);
+	Relation	heap = try_relation_open(heap_oid, AccessShareLock);
+	List	   *indexes;
 	ListCell   *lc;
 	MemoryContext oldcxt;
 	int			n = 0;
+
+	/* dropped since its name was looked up: look again */
+	if (heap == NULL)
+	{
+		cache.valid = false;
+		return;
+	}
+	indexes = RelationGetIndexList(heap);
 
 	cache.indexes = MemoryContextAlloc(cache.cxt,
 									   Max(list_length(indexes), 1) * sizeof(LedgerIndex));
@@ -258,24 +267,33 @@ ledger_lookup(void)
 }
 
 /*
- * Open the ledger for a call.  Locking the heap processes invalidations: if
- * they reached the ledger (its indexes were swapped or dropped since the
- * cache was filled), look again before opening any index.  Once the heap is
- * locked, an index in the cache cannot be dropped or stop taking inserts
- * until this transaction ends: DROP INDEX and REINDEX CONCURRENTLY wait.
+ * Open the ledger for a call.  Locking the heap for the first time in this
+ * transaction processes invalidations: if they reached the ledger (the
+ * extension was created again, or REINDEX CONCURRENTLY swapped an index
+ * since the cache was filled), look again before opening anything by OID.
+ * If this transaction held the lock already, nobody could have dropped the
+ * heap or its indexes meanwhile.  While the heap is locked, an index in the
+ * cache keeps taking inserts and cannot be dropped: REINDEX CONCURRENTLY and
+ * DROP INDEX CONCURRENTLY wait for the heap's lockers before they mark an
+ * index dead, and a plain DROP INDEX needs a lock that conflicts with ours.
+ * (A swap does not wait, but the swapped-out index stays complete.)
  */
 void
 ledger_open(Ledger *ledger)
 {
+	Oid			heap_oid;
+
 	for (;;)
 	{
 		if (!cache.valid)
 			ledger_lookup();
-		ledger->heap = table_open(cache.heap, RowExclusiveLock);
-		if (cache.valid)
+		heap_oid = cache.heap;
+		LockRelationOid(heap_oid, RowExclusiveLock);
+		if (cache.valid && cache.heap == heap_oid)
 			break;
-		table_close(ledger->heap, NoLock);
+		UnlockRelationOid(heap_oid, RowExclusiveLock);
 	}
+	ledger->heap = table_open(heap_oid, NoLock);
 	ledger->index = index_open(cache.pkey, RowExclusiveLock);
 	ledger->slot = table_slot_create(ledger->heap, NULL);
 	ledger->scan = NULL;
@@ -519,21 +537,22 @@ insert_index_entries(Ledger *ledger, HeapTuple tuple)
 		LedgerIndex *li = &cache.indexes[i];
 		Relation	index = li->oid == RelationGetRelid(ledger->index) ? ledger->index :
 			index_open(li->oid, RowExclusiveLock);
-		IndexInfo  *info = li->info;
 		Datum		values[INDEX_MAX_KEYS];
 		bool		nulls[INDEX_MAX_KEYS];
 
-		if (index->rd_index->indisready && predicate_holds(info->ii_Predicate, tuple))
+		if (index->rd_index->indisready && predicate_holds(li->info->ii_Predicate, tuple))
 		{
-			for (int k = 0; k < info->ii_NumIndexAttrs; k++)
-				values[k] = heap_getattr(tuple, info->ii_IndexAttrNumbers[k],
-										 desc, &nulls[k]);
 			/* an access method's per-statement state must not outlive the call */
-			info->ii_AmCache = NULL;
-			info->ii_Context = CurrentMemoryContext;
+			IndexInfo	info = *li->info;
+
+			info.ii_AmCache = NULL;
+			info.ii_Context = CurrentMemoryContext;
+			for (int k = 0; k < info.ii_NumIndexAttrs; k++)
+				values[k] = heap_getattr(tuple, info.ii_IndexAttrNumbers[k],
+										 desc, &nulls[k]);
 			index_insert(index, values, nulls, &tuple->t_self, ledger->heap,
 						 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-						 false, info);
+						 false, &info);
 		}
 		if (index != ledger->index)
 			index_close(index, NoLock);
