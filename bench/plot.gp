@@ -1,7 +1,8 @@
 # bench/plot.gp: the picture of `make bench`, drawn by scripts/bench.sh with
 #   gnuplot -e "growth='growth.dat'; paths='paths.dat'; out='latest.png'; bare=4.2; title='...'" bench/plot.gp
 # growth.dat: ledger_keys once_new_us duplicate_us sql_lookup_us (medians); paths.dat: "label" us
-# color (medians; color 1 for the bare statement, 2 for the PL/pgSQL pattern, 3 for idem_*);
+# color (medians; color 1 for the bare statement, 2 for the SQL references (the PL/pgSQL pattern,
+# the key alone), 3 for idem_*);
 # bare: the bare statement's median, drawn as a reference line on both panels.
 
 set terminal pngcairo size 1400,650 font "sans,10" noenhanced

@@ -21,6 +21,9 @@ CREATE TABLE bench.t (k text NOT NULL, v bigint NOT NULL);
 -- The hand-written pattern's own ledger, keyed like idem_ledger.
 CREATE TABLE bench.processed (key text COLLATE "C" PRIMARY KEY);
 
+-- What recording a key costs as plain SQL: a table shaped like idem_ledger, with its primary key.
+CREATE TABLE bench.record (LIKE idem_ledger INCLUDING DEFAULTS, PRIMARY KEY (key));
+
 -- Raw measurements: section, name (path, ledger size, client count...), repetition, value.
 CREATE TABLE bench.result (section text NOT NULL, name text NOT NULL, rep int NOT NULL,
                            value float8 NOT NULL);
@@ -74,6 +77,21 @@ BEGIN
     IF FOUND THEN
       EXECUTE _stmt USING _k, _i;
     END IF;
+  END LOOP;
+  RETURN bench.us_per_call(t0, n);
+END $$;
+
+-- The key recorded alone, as one static INSERT of a ledger-shaped row (what a new key's ledger
+-- write amounts to, without the statement it protects).
+CREATE FUNCTION bench.run_record(tag text, n int) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+  t0 timestamptz := clock_timestamp();
+  _k text;
+BEGIN
+  FOR _i IN 1..n LOOP
+    _k := bench.key(tag, _i);
+    INSERT INTO bench.record (applied_at, rows, fingerprint, policy, key)
+    VALUES (now(), 1, 1234567890123, 'o', _k);
   END LOOP;
   RETURN bench.us_per_call(t0, n);
 END $$;
@@ -173,7 +191,7 @@ DECLARE
   rows bigint;
   expected bigint;
 BEGIN
-  TRUNCATE bench.t, bench.processed, idem_ledger;
+  TRUNCATE bench.t, bench.processed, bench.record, idem_ledger;
   COMMIT;
   CASE path
     WHEN 'pattern_dup' THEN PERFORM bench.run_pattern('patt', n);
@@ -189,6 +207,7 @@ BEGIN
     WHEN 'bare' THEN bench.run_bare('bare', n)
     WHEN 'pattern_new' THEN bench.run_pattern('patt', n)
     WHEN 'pattern_dup' THEN bench.run_pattern('patt', n)
+    WHEN 'record' THEN bench.run_record('recd', n)
     WHEN 'once_new' THEN bench.run_apply('once', n, NULL)
     WHEN 'once_dup' THEN bench.run_apply('once', n, NULL)
     WHEN 'newer' THEN bench.run_apply('newr', n, 2)
@@ -202,7 +221,7 @@ BEGIN
   COMMIT;
   -- the statement ran exactly as often as the path says: once per new key or newer version
   SELECT count(*) INTO rows FROM bench.t;
-  expected := n * CASE path WHEN 'overhead' THEN 0 WHEN 'claim_new' THEN 0
+  expected := n * CASE path WHEN 'overhead' THEN 0 WHEN 'claim_new' THEN 0 WHEN 'record' THEN 0
                             WHEN 'newer' THEN 2 WHEN 'next' THEN 2 WHEN 'upsert' THEN 2 ELSE 1 END;
   IF rows <> expected THEN
     RAISE EXCEPTION 'path %: the statement ran % times, expected %', path, rows, expected;

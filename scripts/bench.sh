@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # scripts/bench.sh: what `make bench` runs. Builds and installs the extension, starts a throwaway
 # socket-only cluster and measures what idem_apply costs against the statement it protects:
-#   - in-server cost per call of the bare INSERT, the hand-written PL/pgSQL pattern and every
-#     idem_apply path (N calls in one transaction from PL/pgSQL, R repetitions with the contenders
-#     interleaved, medians), each on a fresh ledger;
+#   - in-server cost per call of the bare INSERT, the hand-written PL/pgSQL pattern, the key
+#     recorded alone by a plain INSERT of a ledger-shaped row, and every idem_apply path (N calls
+#     in one transaction from PL/pgSQL, R repetitions with the contenders interleaved, medians),
+#     each on a fresh ledger;
 #   - growth: new-key and duplicate cost with 10k, 100k, 1M (and 10M) keys in the ledger, and
 #     the ledger's bytes per key after VACUUM;
 #   - end to end: pgbench over the unix socket, one message per transaction, 1 and 2 clients;
@@ -44,12 +45,13 @@ sizes=(10000 100000 1000000)
 [ "$full" = 1 ] && sizes+=(10000000)
 
 # the in-server paths, in the order of the table
-paths=(overhead bare pattern_new pattern_dup once_new once_dup newer next upsert claim_new)
+paths=(overhead bare pattern_new pattern_dup record once_new once_dup newer next upsert claim_new)
 declare -A label=(
 	[overhead]="loop and key generation only"
 	[bare]="bare INSERT (static SQL)"
 	[pattern_new]="PL/pgSQL pattern, new key"
 	[pattern_dup]="PL/pgSQL pattern, duplicate"
+	[record]="key alone: ledger-shaped INSERT (SQL)"
 	[once_new]="idem_apply once, new key"
 	[once_dup]="idem_apply once, duplicate"
 	[newer]="idem_apply newer, existing key"
@@ -307,7 +309,7 @@ for size in "${sizes[@]}"; do
 	echo "$size ${med[growth_new/$size]} ${med[growth_dup/$size]} ${med[growth_sql/$size]}"
 done >"$tmp/growth.dat"
 for p in "${paths[@]}"; do
-	case $p in overhead) continue ;; bare) color=1 ;; pattern_*) color=2 ;; *) color=3 ;; esac
+	case $p in overhead) continue ;; bare) color=1 ;; pattern_* | record) color=2 ;; *) color=3 ;; esac
 	printf '"%s" %s %s\n' "${label[$p]}" "${med[path/$p]}" "$color"
 done >"$tmp/paths.dat"
 gnuplot -e "growth='$tmp/growth.dat'; paths='$tmp/paths.dat'; out='$out_dir/latest.png'; bare=$bare;
