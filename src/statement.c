@@ -32,7 +32,10 @@
 
 #include "statement.h"
 
-/* Distinct statements whose plans one backend keeps; beyond, plan per call. */
+/*
+ * Distinct statements whose plans one backend keeps; a new one beyond that
+ * replaces the least recently used.
+ */
 #define PLAN_CACHE_SIZE 1024
 
 /* A prepared statement and its parameter types as the parser resolved them. */
@@ -58,10 +61,13 @@ typedef struct PlanEntry
 	uint64		hash;			/* hash key: statement text and argument types */
 	char	   *sql;
 	int			sql_len;
+	uint64		last_used;		/* plan_clock at its latest lookup */
+	int			running;		/* executions under way (nested calls): kept */
 	Prepared	prepared;		/* with the argument types the entry is for */
 } PlanEntry;
 
 static HTAB *plan_cache = NULL;
+static uint64 plan_clock = 0;
 
 /* size: of the jsonb, or (as_text) of its text so far, already too large */
 static void
@@ -104,7 +110,35 @@ plan_lookup(const IdemStatement *stmt)
 		(stmt->nargs > 0 &&
 		 memcmp(entry->prepared.arg_types, stmt->types, stmt->nargs * sizeof(Oid)) != 0))
 		return NULL;
+	entry->last_used = ++plan_clock;
 	return entry;
+}
+
+/*
+ * Make room for a new statement: forget the least recently used one that is
+ * not being executed.  False if every one is (a thousand nested calls).
+ */
+static bool
+evict_least_recent(void)
+{
+	HASH_SEQ_STATUS seq;
+	PlanEntry  *entry;
+	PlanEntry  *victim = NULL;
+
+	hash_seq_init(&seq, plan_cache);
+	while ((entry = (PlanEntry *) hash_seq_search(&seq)) != NULL)
+		if (entry->running == 0 &&
+			(victim == NULL || entry->last_used < victim->last_used))
+			victim = entry;
+	if (victim == NULL)
+		return false;
+	if (victim->prepared.plan != NULL)
+		SPI_freeplan(victim->prepared.plan);
+	pfree(victim->prepared.arg_types);
+	pfree(victim->prepared.param_types);
+	pfree(victim->sql);
+	hash_search(plan_cache, &victim->hash, HASH_REMOVE, NULL);
+	return true;
 }
 
 /* Point a syntax error at the statement's text, not at the calling query. */
@@ -232,8 +266,8 @@ prepare(const IdemStatement *stmt, Prepared *prepared)
 }
 
 /*
- * Remember a statement that passed check_syntax(), if there is room; its plan
- * is made the first time the statement applies.
+ * Remember a statement that passed check_syntax(), making room if the cache
+ * is full; its plan is made the first time the statement applies.
  */
 static void
 remember(const IdemStatement *stmt)
@@ -250,13 +284,16 @@ remember(const IdemStatement *stmt)
 		plan_cache = hash_create("idempotent plans", 64, &ctl,
 								 HASH_ELEM | HASH_BLOBS);
 	}
-	/* Full, or another statement with the same hash: check and plan per call. */
-	if (hash_get_num_entries(plan_cache) >= PLAN_CACHE_SIZE ||
-		hash_search(plan_cache, &stmt->plan_hash, HASH_FIND, NULL) != NULL)
+	/* Another statement with the same hash: check and plan this one per call. */
+	if (hash_search(plan_cache, &stmt->plan_hash, HASH_FIND, NULL) != NULL)
+		return;
+	if (hash_get_num_entries(plan_cache) >= PLAN_CACHE_SIZE && !evict_least_recent())
 		return;
 
 	/* Fill it completely before it becomes visible. */
 	filled.hash = stmt->plan_hash;
+	filled.last_used = ++plan_clock;
+	filled.running = 0;
 	filled.sql_len = VARSIZE_ANY_EXHDR(stmt->sql);
 	filled.sql = MemoryContextAlloc(TopMemoryContext, filled.sql_len);
 	memcpy(filled.sql, VARDATA_ANY(stmt->sql), filled.sql_len);
@@ -409,14 +446,26 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 	}
 	else
 	{
-		/* not remembered (the cache is full): a plan for this call only */
+		/* not remembered (a hash collision, or evicted meanwhile): plan for this call */
 		prepared = palloc(sizeof(Prepared));
 		init_prepared(stmt, prepared, CurrentMemoryContext);
 		prepare(stmt, prepared);
 	}
 
-	rc = SPI_execute_plan_with_paramlist(prepared->plan, bind_params(stmt, prepared),
-										 false, 0);
+	/* A call nested in the statement must not evict the plan it runs. */
+	if (entry != NULL)
+		entry->running++;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan_with_paramlist(prepared->plan, bind_params(stmt, prepared),
+											 false, 0);
+	}
+	PG_FINALLY();
+	{
+		if (entry != NULL)
+			entry->running--;
+	}
+	PG_END_TRY();
 	if (rc < 0)
 		elog(ERROR, "SPI_execute_plan_with_paramlist failed: %s", SPI_result_code_string(rc));
 

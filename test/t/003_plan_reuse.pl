@@ -5,7 +5,8 @@
 # (tracking nested statements and planning) sees the statement executed once
 # per applying call, but planned only a handful of times (the plan cache's
 # custom plans before it settles on a generic one), not once per call.  A
-# table change replans it, and the new plan is used.
+# table change replans it, and the new plan is used.  Past 1024 statements
+# the least recently used one makes room, never one being executed.
 
 use strict;
 use warnings;
@@ -81,6 +82,43 @@ SELECT status FROM idem_apply('plan:new', NULL, '$stmt', 'knew', 0);
 SELECT note FROM items WHERE k = 'knew';
 });
 is($after, "applied\nafter", 'after ALTER TABLE the statement is replanned and applied');
+
+# The cache keeps 1024 statements per backend and replaces the least recently
+# used: after 1100 one-off statements, a hot statement is still planned only
+# a handful of times, and an evicted statement runs again (replanned).
+$node->safe_psql('postgres', 'SELECT pg_stat_statements_reset()');
+my $evict = $node->safe_psql(
+	'postgres', qq{
+DO \$\$
+BEGIN
+  FOR i IN 1..1100 LOOP
+    PERFORM idem_apply('once-off:' || i, NULL, 'SELECT ' || i || ' AS one_off');
+  END LOOP;
+  FOR i IN 1..$calls LOOP
+    PERFORM idem_apply('hot:' || i, NULL, '$stmt', 'hot' || i, i);
+  END LOOP;
+END \$\$;
+SELECT status FROM idem_apply('once-off:1', NULL, 'SELECT 1 AS one_off');
+SELECT status FROM idem_apply('once-off:again', NULL, 'SELECT 1 AS one_off');
+});
+is($evict, "duplicate\napplied", 'an evicted statement is still a duplicate, and applies again');
+($executed, $planned) = split /\|/, counts();
+is($executed, $calls, 'after 1100 one-off statements, the hot one ran once per call');
+cmp_ok($planned, '<=', 10,
+	"and was planned $planned times for $calls calls: it found room in the cache");
+
+# A statement whose execution makes nested calls with more than 1024 other
+# statements: the cache evicts around it, never the plan being executed.
+my $nested = $node->safe_psql(
+	'postgres', q{
+SELECT status, rows FROM idem_apply('outer', NULL,
+  $$SELECT count(*) FROM generate_series(1, 1100) i,
+           LATERAL idem_apply('inner:' || i, NULL, 'SELECT ' || i || ' AS nested') o
+    WHERE o.applied$$);
+});
+is($nested, 'applied|1', 'an outer statement survives 1100 nested statements filling the cache');
+is($node->safe_psql('postgres', q{SELECT result FROM idem_get('outer')}),
+	'[{"count": 1100}]', 'and its result is what it computed');
 
 $node->stop;
 done_testing();
