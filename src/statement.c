@@ -459,6 +459,9 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 	{
 		rc = SPI_execute_plan_with_paramlist(prepared->plan, bind_params(stmt, prepared),
 											 false, 0);
+		if (rc < 0)
+			elog(ERROR, "SPI_execute_plan_with_paramlist failed: %s",
+				 SPI_result_code_string(rc));
 	}
 	PG_FINALLY();
 	{
@@ -466,8 +469,6 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 			entry->running--;
 	}
 	PG_END_TRY();
-	if (rc < 0)
-		elog(ERROR, "SPI_execute_plan_with_paramlist failed: %s", SPI_result_code_string(rc));
 
 	*rows = (int64) SPI_processed;
 	*result = NULL;

@@ -101,7 +101,8 @@ END \$\$;
 SELECT status FROM idem_apply('once-off:1', NULL, 'SELECT 1 AS one_off');
 SELECT status FROM idem_apply('once-off:again', NULL, 'SELECT 1 AS one_off');
 });
-is($evict, "duplicate\napplied", 'an evicted statement is still a duplicate, and applies again');
+is($evict, "duplicate\napplied",
+	'a statement pushed out of the cache still answers its duplicates, and applies again');
 ($executed, $planned) = split /\|/, counts();
 is($executed, $calls, 'after 1100 one-off statements, the hot one ran once per call');
 cmp_ok($planned, '<=', 10,
