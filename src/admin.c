@@ -17,7 +17,7 @@
 
 /*
  * Probe a key under its writers' lock, waiting out other writers; returns
- * whether a live (unexpired) row was found.  The caller unlocks.
+ * whether a row was found, expired or not.  The caller unlocks.
  */
 static bool
 probe_locked(Ledger *ledger, text *key, LedgerRow *row)
@@ -113,7 +113,6 @@ idem_reset(PG_FUNCTION_ARGS)
 	LedgerRow	row;
 	bool		present;
 	bool		found;
-	bool		had_version;
 	int64		previous;
 
 	if (PG_ARGISNULL(1))
@@ -146,7 +145,6 @@ idem_reset(PG_FUNCTION_ARGS)
 				 errmsg("key \"%s\" was recorded under policy \"%s\", not \"%s\"",
 						text_to_cstring(key), idem_policy_name(row.policy),
 						idem_policy_name(policy))));
-	had_version = found;
 	previous = found ? row.version : 0;
 
 	row.policy = policy;
@@ -168,7 +166,7 @@ idem_reset(PG_FUNCTION_ARGS)
 	ereport(LOG,
 			(errmsg("idempotent: key \"%s\" reset to version " INT64_FORMAT " by role \"%s\"",
 					text_to_cstring(key), version, GetUserNameFromId(GetUserId(), false))));
-	if (!had_version)
+	if (!found)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(previous);
 }

@@ -43,6 +43,8 @@ typedef struct IdemStatement
 	Datum	   *values;
 	char	   *nulls;			/* SPI convention: 'n' for NULL, ' ' otherwise */
 	uint64		plan_hash;		/* set by statement_check() */
+	struct PlanEntry *cached;	/* set by statement_check(): its plan cache
+								 * entry, NULL if it is planned per call */
 } IdemStatement;
 
 /* One call: what the caller asked for. */

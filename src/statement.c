@@ -267,9 +267,10 @@ prepare(const IdemStatement *stmt, Prepared *prepared)
 
 /*
  * Remember a statement that passed check_syntax(), making room if the cache
- * is full; its plan is made the first time the statement applies.
+ * is full; its plan is made the first time the statement applies.  Returns
+ * its entry, or NULL if it is to be planned per call.
  */
-static void
+static PlanEntry *
 remember(const IdemStatement *stmt)
 {
 	PlanEntry	filled;
@@ -286,9 +287,9 @@ remember(const IdemStatement *stmt)
 	}
 	/* Another statement with the same hash: check and plan this one per call. */
 	if (hash_search(plan_cache, &stmt->plan_hash, HASH_FIND, NULL) != NULL)
-		return;
+		return NULL;
 	if (hash_get_num_entries(plan_cache) >= PLAN_CACHE_SIZE && !evict_least_recent())
-		return;
+		return NULL;
 
 	/* Fill it completely before it becomes visible. */
 	filled.hash = stmt->plan_hash;
@@ -301,20 +302,24 @@ remember(const IdemStatement *stmt)
 
 	entry = hash_search(plan_cache, &stmt->plan_hash, HASH_ENTER, NULL);
 	*entry = filled;
+	return entry;
 }
 
 /*
  * Check the statement before anything is decided, so that bad input is
- * reported on every path, duplicates included.
+ * reported on every path, duplicates included, and find its cache entry.
+ * The entry stays until statement_run(): only another statement's check
+ * can evict it, and none runs in between.
  */
 void
 statement_check(IdemStatement *stmt)
 {
 	stmt->plan_hash = plan_hash(stmt);
-	if (plan_lookup(stmt) != NULL)
+	stmt->cached = plan_lookup(stmt);
+	if (stmt->cached != NULL)
 		return;
 	check_syntax(stmt);
-	remember(stmt);
+	stmt->cached = remember(stmt);
 }
 
 /*
@@ -434,7 +439,7 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	entry = plan_lookup(stmt);
+	entry = stmt->cached;
 	if (entry != NULL)
 	{
 		prepared = &entry->prepared;
@@ -446,7 +451,7 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 	}
 	else
 	{
-		/* not remembered (a hash collision, or evicted meanwhile): plan for this call */
+		/* not remembered (a hash collision, or a cache of running plans) */
 		prepared = palloc(sizeof(Prepared));
 		init_prepared(stmt, prepared, CurrentMemoryContext);
 		prepare(stmt, prepared);
