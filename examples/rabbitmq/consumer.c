@@ -22,13 +22,12 @@
  *
  * --naive runs the statement directly, without idem_apply: the bug this example is about.
  */
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
+#define PROGRAM "consumer"
+#include "broker.h"
+
 #include <getopt.h>
 #include <libpq-fe.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* The business effect, one statement: record the charge and debit the account. */
@@ -43,20 +42,6 @@ static const char *const APPLY =
 
 static volatile sig_atomic_t stopping = 0;
 static void on_signal(int sig) { (void) sig; stopping = 1; }
-
-static void die(const char *what, const char *detail)
-{
-	fprintf(stderr, "consumer: %s: %s\n", what, detail);
-	exit(1);	/* unacked messages go back to the queue when our connection drops */
-}
-
-static void check_amqp(amqp_rpc_reply_t r, const char *what)
-{
-	if (r.reply_type == AMQP_RESPONSE_NORMAL)
-		return;
-	die(what, r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION ?
-		amqp_error_string2(r.library_error) : "the broker closed the channel or connection");
-}
 
 enum verdict { ACK, REQUEUE, REJECT };
 
@@ -126,20 +111,9 @@ int main(int argc, char **argv)
 	if (PQstatus(db) != CONNECTION_OK)
 		die("cannot connect to PostgreSQL", PQerrorMessage(db));
 
-	/* RabbitMQ: connect, log in, open channel 1. */
-	amqp_connection_state_t conn = amqp_new_connection();
-	amqp_socket_t *sock = amqp_tcp_socket_new(conn);
-	if (!sock || amqp_socket_open(sock, host, port) != AMQP_STATUS_OK)
-		die("cannot connect to RabbitMQ", host);
-	check_amqp(amqp_login(conn, "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0, AMQP_SASL_METHOD_PLAIN,
-						  "guest", "guest"), "login");
-	amqp_channel_open(conn, 1);
-	check_amqp(amqp_get_rpc_reply(conn), "channel.open");
-
-	/* A durable queue (declaring it again is harmless); at most `prefetch` unacked
-	 * messages in flight to us; manual acknowledgement (no_ack = 0). */
-	amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, amqp_empty_table);
-	check_amqp(amqp_get_rpc_reply(conn), "queue.declare");
+	/* RabbitMQ: channel 1 on the durable queue; at most `prefetch` unacked messages in
+	 * flight to us; manual acknowledgement (no_ack = 0). */
+	amqp_connection_state_t conn = broker_open(host, port, queue);
 	amqp_basic_qos(conn, 1, 0, (uint16_t) prefetch, 0);
 	check_amqp(amqp_get_rpc_reply(conn), "basic.qos");
 	amqp_basic_consume(conn, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,

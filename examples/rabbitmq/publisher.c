@@ -14,26 +14,12 @@
  * persistent, to a durable queue through the default exchange. --manifest writes one CSV line
  * per distinct payment: id,account,amount,publishes.
  */
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
+#define PROGRAM "publisher"
+#include "broker.h"
+
 #include <getopt.h>
-#include <stdio.h>
-#include <stdlib.h>
 
 enum confirm { CONFIRMED, NACKED, NO_CONFIRM };
-
-static void die(const char *what, const char *detail)
-{
-	fprintf(stderr, "publisher: %s: %s\n", what, detail);
-	exit(1);
-}
-
-static void check_amqp(amqp_rpc_reply_t r, const char *what)
-{
-	if (r.reply_type != AMQP_RESPONSE_NORMAL)
-		die(what, r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION ?
-			amqp_error_string2(r.library_error) : "the broker closed the channel or connection");
-}
 
 /* Wait up to 5 seconds for the broker's confirm of publish number `seq` on channel 1. */
 static enum confirm wait_confirm(amqp_connection_state_t conn, uint64_t seq)
@@ -102,16 +88,7 @@ int main(int argc, char **argv)
 		die("cannot write", manifest_path);
 	srand((unsigned) seed);
 
-	amqp_connection_state_t conn = amqp_new_connection();
-	amqp_socket_t *sock = amqp_tcp_socket_new(conn);
-	if (!sock || amqp_socket_open(sock, host, port) != AMQP_STATUS_OK)
-		die("cannot connect to RabbitMQ", host);
-	check_amqp(amqp_login(conn, "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0, AMQP_SASL_METHOD_PLAIN,
-						  "guest", "guest"), "login");
-	amqp_channel_open(conn, 1);
-	check_amqp(amqp_get_rpc_reply(conn), "channel.open");
-	amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, amqp_empty_table);
-	check_amqp(amqp_get_rpc_reply(conn), "queue.declare");
+	amqp_connection_state_t conn = broker_open(host, port, queue);
 	amqp_confirm_select(conn, 1);	/* the broker confirms each publish once it has it safely */
 	check_amqp(amqp_get_rpc_reply(conn), "confirm.select");
 
