@@ -50,6 +50,10 @@ SELECT * FROM idem_claim('e:3456789');
 \echo SQLSTATE :SQLSTATE
 SELECT * FROM idem_apply('e:3456789', NULL, 'SELECT 1 AS one');
 \echo SQLSTATE :SQLSTATE
+-- bytes, not characters: 'é' takes two
+SELECT status FROM idem_claim('eok:éé');
+SELECT * FROM idem_claim('eok:ééé');
+\echo SQLSTATE :SQLSTATE
 RESET idempotent.max_key_bytes;
 SET idempotent.max_key_bytes = 2001;
 \echo SQLSTATE :SQLSTATE
@@ -319,10 +323,19 @@ SELECT * FROM idem_claim('e:extra-index');
 SELECT * FROM idem_apply('eok:dup', NULL, 'SELECT 1 AS one');
 \echo SQLSTATE :SQLSTATE
 DROP INDEX idem_ledger_extra;
+-- partial on anything but IS NOT NULL, or an exclusion constraint: the same
+CREATE INDEX idem_ledger_extra ON idem_ledger (version) WHERE version > 5;
+SELECT * FROM idem_claim('e:extra-index');
+\echo SQLSTATE :SQLSTATE
+DROP INDEX idem_ledger_extra;
+ALTER TABLE idem_ledger ADD CONSTRAINT idem_ledger_extra EXCLUDE (key WITH =);
+SELECT * FROM idem_claim('e:extra-index');
+\echo SQLSTATE :SQLSTATE
+ALTER TABLE idem_ledger DROP CONSTRAINT idem_ledger_extra;
 SELECT status FROM idem_claim('e:extra-index');
--- a plain-column index is maintained with the primary key
+-- a plain-column index, partial on IS NOT NULL, is maintained with the primary key
 CREATE EXTENSION amcheck;
-CREATE INDEX idem_ledger_plain ON idem_ledger (applied_at, policy);
+CREATE INDEX idem_ledger_plain ON idem_ledger (applied_at, policy) WHERE version IS NOT NULL;
 SELECT status FROM idem_claim('e:plain-index');
 SELECT status FROM idem_apply('e:plain-index-v', 1, 'SELECT 1 AS one');
 SELECT status FROM idem_apply('e:plain-index-v', 2, 'SELECT 2 AS two');

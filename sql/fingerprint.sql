@@ -27,8 +27,13 @@ SELECT * FROM idem_apply('f:1', NULL, :'stmt', 1, NULL::int);
 -- an extra argument
 SELECT * FROM idem_apply('f:1', NULL, :'stmt', 1, 10, 'extra');
 \echo SQLSTATE :SQLSTATE
--- the same arguments as an array
+-- other values as an array
 SELECT * FROM idem_apply('f:1', NULL, :'stmt', VARIADIC ARRAY[1, 20]);
+\echo SQLSTATE :SQLSTATE
+-- the same values as other types: a bigint, an untyped literal
+SELECT * FROM idem_apply('f:1', NULL, :'stmt', 1::bigint, 10);
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_apply('f:1', NULL, :'stmt', 1, '10');
 \echo SQLSTATE :SQLSTATE
 
 -- none of that ran or wrote anything
@@ -36,8 +41,18 @@ SELECT * FROM fp_orders ORDER BY id;
 SELECT key, rows, result, xmin = :'f1_xmin' AS same_xmin, ctid = :'f1_ctid' AS same_ctid
 FROM idem_ledger WHERE key = 'f:1';
 
--- the true duplicate is still a duplicate
+-- the true duplicate is still a duplicate, and so are the same values as a VARIADIC array
 SELECT * FROM idem_apply('f:1', NULL, :'stmt', 1, 10);
+SELECT status FROM idem_apply('f:1', NULL, :'stmt', VARIADIC ARRAY[1, 10]);
+
+-- a value is hashed as it is, not as it is stored: a long argument read from a table
+-- (compressed there) repeats the same request as the value computed in the call
+CREATE TABLE fp_long (v text);
+INSERT INTO fp_long VALUES (repeat('abc', 100000));
+SELECT pg_column_size(v) < octet_length(v) AS stored_compressed FROM fp_long;
+SELECT status FROM idem_apply('f:long', NULL, 'SELECT length($1) AS len', repeat('abc', 100000));
+SELECT o.status, o.result FROM fp_long, idem_apply('f:long', NULL, 'SELECT length($1) AS len', fp_long.v) o;
+DROP TABLE fp_long;
 
 -- ID001 is an error: it aborts the transaction (or the savepoint) like any other
 BEGIN;

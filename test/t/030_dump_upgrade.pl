@@ -190,6 +190,15 @@ CREATE TABLE effects (k text NOT NULL, v int NOT NULL);
 		'upg_calls: a call on a 1.0 ledger does not crash the server');
 	is($out, 'applied', 'upg_calls: a call on a 1.0 ledger applies');
 	is($err, '', 'upg_calls: and raises no error');
+
+	# but a key cannot expire there: a ttl is refused, and nothing is recorded
+	($rc, $out, $err) = $node->psql('upg_calls',
+		"SET idempotent.ttl = '1h'; SELECT status FROM idem_apply('k11', NULL, \$s\$$insert\$s\$, 'k11'::text, 1)",
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/55000: idempotent\.ttl needs version 1\.1/,
+		'upg_calls: a ttl on a 1.0 ledger raises 55000');
+	is($node->safe_psql('upg_calls', q{SELECT count(*) FROM effects WHERE k = 'k11'}),
+		'0', 'upg_calls: and its statement left no effect');
 }
 
 # A session open since before the update, that already opened the 1.0 ledger
