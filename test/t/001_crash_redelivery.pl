@@ -46,7 +46,6 @@ use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
 use PaymentStream;
-use IPC::Run;
 use Time::HiRes qw(usleep time);
 
 my $started_at = time;
@@ -69,23 +68,8 @@ my @len              = @{ $generated{len} };
 my $nmsg             = $generated{nmsg};
 my %expected_balance = %{ $generated{balance} };
 
-{
-	my %parts_of;
-	for my $p (0 .. $NPART - 1)
-	{
-		$parts_of{$_}{$p} = 1 for @{ $stream[$p] };
-	}
-	my $cross = grep { keys %{ $parts_of{$_} } > 1 } keys %parts_of;
-	my $dups  = $nmsg - scalar(keys %parts_of);
-	note "streams: @len messages (total $nmsg), "
-	  . scalar(keys %pay)
-	  . " distinct payments, $dups duplicate deliveries, "
-	  . "$cross payments on more than one partition";
-	is(scalar(keys %parts_of), $NPAY, 'every payment is in the streams');
-	cmp_ok($dups,  '>', $NPAY / 5, 'the streams carry many duplicates');
-	cmp_ok($cross, '>', $NPAY / 20,
-		'many payments are on two partitions (clients race on them)');
-}
+cmp_ok(PaymentStream::check_streams(\%generated, $NPAY),
+	'>', $NPAY / 20, 'many payments are on two partitions (clients race on them)');
 
 ###########################################################################
 # The server.
@@ -99,32 +83,9 @@ log_statement = none
 max_connections = 30
 ));
 $node->start;
-
-$node->safe_psql(
-	'postgres', qq(
-CREATE EXTENSION idempotent;
-CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL DEFAULT 0);
--- NOT unique on purpose: a payment applied twice shows as two rows
-CREATE TABLE payments (
-    payment_id text NOT NULL,
-    account int NOT NULL REFERENCES accounts,
-    amount bigint NOT NULL,
-    delivery text NOT NULL   -- epoch:partition:seq of the message that applied it
-);
-INSERT INTO accounts (id) SELECT g FROM generate_series(1, $NACCT) g;
-));
-
-# One statement: record the payment and move the money.  The delivery address
-# comes from a setting, not from the arguments, so that every delivery of a
-# payment is the same request (same statement, same arguments).
-my $statement =
-    q{WITH p AS (INSERT INTO payments (payment_id, account, amount, delivery) }
-  . q{VALUES ($1, $2, $3, current_setting('app.delivery')) RETURNING account, amount) }
-  . q{UPDATE accounts a SET balance = a.balance + p.amount FROM p }
-  . q{WHERE a.id = p.account RETURNING a.id AS account, a.balance AS balance};
+PaymentStream::create_schema($node, $NACCT);
 
 my $tempdir = PostgreSQL::Test::Utils::tempdir;
-my $psql    = $node->installed_command('psql');
 
 ###########################################################################
 # Clients and the broker.
@@ -133,78 +94,11 @@ my @acked = map { 0 } 1 .. $NPART;    # broker: last acknowledged seq per partit
 my @printed;    # every ack line any client printed: [epoch, p, seq, status, applied, rows]
 my @epoch_from; # epoch => [first seq delivered per partition]
 
-# Write the script of partition $p for messages $from .. $to and start psql.
-sub start_client
-{
-	my ($epoch, $p, $from, $to, $think) = @_;
-	my $script = "$tempdir/e${epoch}_p$p.sql";
-	open my $fh, '>', $script or die "could not write $script: $!";
-	for my $seq ($from .. $to)
-	{
-		my $id = $stream[$p][ $seq - 1 ];
-		my ($acct, $amount) = @{ $pay{$id} };
-		# the consumer's own work between two messages (keeps the clients
-		# slow enough for the crash to land mid-stream)
-		print $fh "DO \$\$BEGIN PERFORM pg_sleep($think); END\$\$;\n" if $think;
-		print $fh "SET app.delivery = '$epoch:$p:$seq';\n";
-		print $fh "SELECT 'ack', $p, $seq, o.status, o.applied, o.rows "
-		  . "FROM idem_apply('$id', NULL, \$stmt\$$statement\$stmt\$, "
-		  . "'$id'::text, $acct, $amount) AS o;\n";
-	}
-	close $fh;
-	my $out = "$tempdir/e${epoch}_p$p.out";
-	my $err = "$tempdir/e${epoch}_p$p.err";
-	my $h   = IPC::Run::start(
-		[
-			$psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-			'-d', $node->connstr('postgres') . " application_name=consumer$p",
-			'-f', $script
-		],
-		'<', \undef, '>', $out, '2>', $err,
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-	return { p => $p, h => $h, out => $out, err => $err, from => $from, to => $to };
-}
-
-
-# Gone, and reaped: a new postmaster refuses to start while the pid in
-# postmaster.pid still answers kill 0, even as a zombie.
-sub pid_gone
-{
-	my ($pid) = @_;
-	return !kill(0, $pid);
-}
-
-sub children_of
-{
-	my ($ppid) = @_;
-	my @kids;
-	opendir my $dh, '/proc' or die "no /proc: $!";
-	for my $pid (grep { /^\d+$/ } readdir $dh)
-	{
-		open my $fh, '<', "/proc/$pid/stat" or next;
-		my $stat = <$fh>;
-		close $fh;
-		push @kids, $pid if defined $stat && $stat =~ /\)\s+\S\s+(\d+)\s/ && $1 == $ppid;
-	}
-	closedir $dh;
-	return @kids;
-}
-
-# Crash 1: stop every server process, then kill them all with SIGKILL; no
+# Crash 1: every server process stopped, then killed with SIGKILL; no
 # process gets to react to the others' deaths.  Then start afresh.
 sub crash_power_loss
 {
-	my $pidfile = $node->data_dir . '/postmaster.pid';
-	my ($pm) = split /\n/, slurp_file($pidfile);
-	kill 'STOP', $pm;
-	my @kids = children_of($pm);
-	kill 'STOP', @kids;
-	kill 'KILL', $pm, @kids;
-	note "killed postmaster $pm and " . scalar(@kids) . " children with SIGKILL";
-	$node->kill9;    # the node forgets its postmaster (already dead)
-	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
-	usleep(20_000) while (grep { !pid_gone($_) } $pm, @kids) && time < $deadline;
-	die "server processes survived SIGKILL" if grep { !pid_gone($_) } $pm, @kids;
+	PaymentStream::kill_server($node);
 	return;
 }
 
@@ -227,30 +121,20 @@ sub run_epoch
 	my ($epoch, %opt) = @_;
 	my @from = map { $opt{replay_from} // ($acked[$_] + 1) } 0 .. $NPART - 1;
 	$epoch_from[$epoch] = [@from];
-	my @clients;
-	my $todo = 0;
-	for my $p (0 .. $NPART - 1)
-	{
-		next if $from[$p] > $len[$p];
-		push @clients, start_client($epoch, $p, $from[$p], $len[$p], $opt{think});
-		$todo += $len[$p] - $from[$p] + 1;
-	}
+	my ($clients, $todo) = PaymentStream::start_clients(
+		node    => $node,
+		streams => \%generated,
+		epoch   => $epoch,
+		from    => \@from,
+		files   => "$tempdir/",
+		think   => $opt{think});
+	my @clients = @$clients;
 	note "epoch $epoch ($opt{kind}): delivering $todo messages, from @from";
 
 	my @broker_view;
 	if ($opt{crash})
 	{
-		my $target   = int($todo * $opt{fraction});
-		my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
-		my $seen     = 0;
-		while (time < $deadline)
-		{
-			$seen = 0;
-			$seen += scalar(PaymentStream::read_acks($_, $epoch)) for @clients;
-			last if $seen >= $target;
-			usleep(5_000);
-		}
-		die "clients acknowledged only $seen of $target messages" if $seen < $target;
+		PaymentStream::wait_acks(\@clients, $epoch, int($todo * $opt{fraction}));
 
 		# The broker's view: acks it has received.  Those printed from now
 		# on are lost, as an ack to the broker can be.
@@ -261,45 +145,31 @@ sub run_epoch
 
 	for my $c (@clients)
 	{
-		$c->{h}->finish;
-		$c->{exit} = $c->{h}->result(0);
-		$c->{stderr} = slurp_file($c->{err});
-		my @acks = PaymentStream::read_acks($c, $epoch);
-		$c->{acks} = \@acks;
+		my $what = "epoch $epoch, partition $c->{p}";
+		my @acks = PaymentStream::finish_client($c, $epoch, $what);
 		push @printed, @acks;
 
-		my @seqs = map { $_->[2] } @acks;
-		is_deeply(\@seqs, [ $c->{from} .. $c->{from} + @seqs - 1 ],
-			"epoch $epoch, partition $c->{p}: acks in order from message $c->{from}");
 		if ($opt{crash})
 		{
-			isnt($c->{exit}, 0,
-				"epoch $epoch, partition $c->{p}: the crash cut the client off mid-stream");
+			isnt($c->{exit}, 0, "$what: the crash cut the client off mid-stream");
 			cmp_ok(scalar(@acks), '<', $c->{to} - $c->{from} + 1,
-				"epoch $epoch, partition $c->{p}: not every message was acknowledged");
+				"$what: not every message was acknowledged");
 			like($c->{stderr}, qr/server closed the connection unexpectedly|connection to server was lost|terminating connection/,
-				"epoch $epoch, partition $c->{p}: the client lost its connection");
-			unlike($c->{stderr}, qr/\bERROR:/,
-				"epoch $epoch, partition $c->{p}: no SQL error before the crash");
+				"$what: the client lost its connection");
+			unlike($c->{stderr}, qr/\bERROR:/, "$what: no SQL error before the crash");
 		}
 		else
 		{
-			is($c->{exit}, 0, "epoch $epoch, partition $c->{p}: client ran to the end")
+			is($c->{exit}, 0, "$what: client ran to the end")
 			  or diag("stderr: $c->{stderr}");
-			is(scalar(@acks), $c->{to} - $c->{from} + 1,
-				"epoch $epoch, partition $c->{p}: every message acknowledged");
-			is($c->{stderr}, '', "epoch $epoch, partition $c->{p}: no errors");
+			is(scalar(@acks), $c->{to} - $c->{from} + 1, "$what: every message acknowledged");
+			is($c->{stderr}, '', "$what: no errors");
 		}
 	}
 
 	# The broker moves the partitions' offsets past what it saw acknowledged.
 	my @view = $opt{crash} ? @broker_view : map { @{ $_->{acks} } } @clients;
-	for my $a (@view)
-	{
-		my (undef, $p, $seq) = @$a;
-		die "ack out of order" unless $seq == $acked[$p] + 1 || defined $opt{replay_from};
-		$acked[$p] = $seq unless defined $opt{replay_from};
-	}
+	PaymentStream::move_offsets(\@acked, @view) unless defined $opt{replay_from};
 	my $lost = 0;
 	$lost += scalar(@{ $_->{acks} }) for @clients;
 	$lost -= scalar(@view);
@@ -358,7 +228,7 @@ my %count = map { split /=/ } split /,/,
 	  . '(SELECT payment_id, count(*) AS n FROM payments GROUP BY payment_id) s');
 my @twice = grep { $count{$_} != 1 } sort keys %count;
 is(scalar(@twice), 0, 'no payment was applied more than once')
-  or diag("applied more than once: @twice[0 .. ($#twice < 9 ? $#twice : 9)]");
+  or diag('applied more than once: ' . PaymentStream::show(@twice));
 is_deeply([ sort keys %count ], [ sort keys %pay ],
 	'the payments applied are exactly the distinct payments of the streams');
 is( $node->safe_psql('postgres', 'SELECT count(*) FROM payments'),
@@ -382,7 +252,7 @@ is_deeply(\%balance, \%expected_balance,
 		  unless defined $seq && $e >= 1 && $e <= 3 && ($stream[$p][ $seq - 1 ] // '') eq $id;
 	}
 	is(scalar(@bad), 0, 'every payment was applied by a delivery of that payment')
-	  or diag("@bad[0 .. ($#bad < 9 ? $#bad : 9)]");
+	  or diag(PaymentStream::show(@bad));
 }
 
 # The ledger: one row per distinct payment, recorded by policy once.
@@ -394,8 +264,10 @@ is_deeply(\%balance, \%expected_balance,
 	is(scalar(keys %ledger), scalar(keys %pay),
 		'the ledger has one row per distinct payment');
 	ok(!@missing && !@extra, 'the ledger has exactly the distinct payment ids')
-	  or diag("missing: @missing[0 .. ($#missing < 9 ? $#missing : 9)]; "
-		  . "extra: @extra[0 .. ($#extra < 9 ? $#extra : 9)]");
+	  or diag('missing: '
+		  . PaymentStream::show(@missing)
+		  . '; extra: '
+		  . PaymentStream::show(@extra));
 }
 is( $node->safe_psql('postgres',
 		q{SELECT count(*) FILTER (WHERE policy <> 'o' OR version IS NOT NULL
@@ -425,7 +297,7 @@ note 'outcomes acknowledged: '
   . join(', ', map { "$_ $status_count{$_}" } sort keys %status_count);
 is(scalar(@bad_acks), 0,
 	'every outcome is applied or duplicate, with the rows of the one application')
-  or diag("@bad_acks[0 .. ($#bad_acks < 9 ? $#bad_acks : 9)]");
+  or diag(PaymentStream::show(@bad_acks));
 cmp_ok($status_count{duplicate} // 0, '>', 0, 'duplicates were reported');
 
 my %delivery_of = map { split /\|/ } split /\n/,

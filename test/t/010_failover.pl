@@ -58,7 +58,6 @@ use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
 use PaymentStream;
-use IPC::Run;
 use Time::HiRes qw(usleep time);
 
 my $started_at = time;
@@ -79,130 +78,13 @@ my %generated = PaymentStream::generate(
 my %pay              = %{ $generated{pay} };
 my @stream           = @{ $generated{stream} };
 my @len              = @{ $generated{len} };
-my $nmsg             = $generated{nmsg};
 my %expected_balance = %{ $generated{balance} };
-
-{
-	my %parts_of;
-	for my $p (0 .. $NPART - 1)
-	{
-		$parts_of{$_}{$p} = 1 for @{ $stream[$p] };
-	}
-	my $cross = grep { keys %{ $parts_of{$_} } > 1 } keys %parts_of;
-	note "streams: @len messages (total $nmsg), $NPAY distinct payments, "
-	  . ($nmsg - $NPAY)
-	  . " duplicate deliveries, $cross payments on more than one partition";
-	is(scalar(keys %parts_of), $NPAY, 'every payment is in the streams');
-	cmp_ok($nmsg - $NPAY, '>', $NPAY / 5, 'the streams carry many duplicates');
-}
-
-# One statement: record the payment and move the money.  The delivery address
-# comes from a setting, so every delivery of a payment is the same request.
-my $statement =
-    q{WITH p AS (INSERT INTO payments (payment_id, account, amount, delivery) }
-  . q{VALUES ($1, $2, $3, current_setting('app.delivery')) RETURNING account, amount) }
-  . q{UPDATE accounts a SET balance = a.balance + p.amount FROM p }
-  . q{WHERE a.id = p.account RETURNING a.id AS account, a.balance AS balance};
+PaymentStream::check_streams(\%generated, $NPAY);
 
 my $tempdir = PostgreSQL::Test::Utils::tempdir;
 
 ###########################################################################
 # Helpers.
-
-sub show
-{
-	my (@l) = @_;
-	return join(' ', @l[ 0 .. ($#l < 9 ? $#l : 9) ]) . (@l > 10 ? ' ...' : '');
-}
-
-# Start psql on $node consuming partition $p's messages $from .. $to.
-sub start_client
-{
-	my ($node, $tag, $epoch, $p, $from, $to, $think) = @_;
-	my $script = "$tempdir/${tag}_e${epoch}_p$p.sql";
-	open my $fh, '>', $script or die "could not write $script: $!";
-	for my $seq ($from .. $to)
-	{
-		my $id = $stream[$p][ $seq - 1 ];
-		my ($acct, $amount) = @{ $pay{$id} };
-		print $fh "DO \$\$BEGIN PERFORM pg_sleep($think); END\$\$;\n" if $think;
-		print $fh "SET app.delivery = '$epoch:$p:$seq';\n";
-		print $fh "SELECT 'ack', $p, $seq, o.status, o.applied, o.rows "
-		  . "FROM idem_apply('$id', NULL, \$stmt\$$statement\$stmt\$, "
-		  . "'$id'::text, $acct, $amount) AS o;\n";
-	}
-	close $fh;
-	my $out = "$tempdir/${tag}_e${epoch}_p$p.out";
-	my $err = "$tempdir/${tag}_e${epoch}_p$p.err";
-	my $h   = IPC::Run::start(
-		[
-			$node->installed_command('psql'), '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-			'-d', $node->connstr('postgres') . " application_name=consumer$p",
-			'-f', $script
-		],
-		'<', \undef, '>', $out, '2>', $err,
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-	return { p => $p, h => $h, out => $out, err => $err, from => $from, to => $to };
-}
-
-
-sub count_acks
-{
-	my ($clients, $epoch) = @_;
-	my $n = 0;
-	$n += scalar(PaymentStream::read_acks($_, $epoch)) for @$clients;
-	return $n;
-}
-
-# Wait until the clients of $epoch have acknowledged $target messages.
-sub wait_acks
-{
-	my ($clients, $epoch, $target) = @_;
-	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
-	my $seen     = 0;
-	while (time < $deadline)
-	{
-		$seen = count_acks($clients, $epoch);
-		return $seen if $seen >= $target;
-		usleep(5_000);
-	}
-	die "clients acknowledged only $seen of $target messages";
-}
-
-sub children_of
-{
-	my ($ppid) = @_;
-	my @kids;
-	opendir my $dh, '/proc' or die "no /proc: $!";
-	for my $pid (grep { /^\d+$/ } readdir $dh)
-	{
-		open my $fh, '<', "/proc/$pid/stat" or next;
-		my $stat = <$fh>;
-		close $fh;
-		push @kids, $pid if defined $stat && $stat =~ /\)\s+\S\s+(\d+)\s/ && $1 == $ppid;
-	}
-	closedir $dh;
-	return @kids;
-}
-
-# The primary dies: every server process stopped, then killed with SIGKILL;
-# no process gets to react to the others' deaths (a walsender cannot send
-# one more record, a backend cannot commit one more transaction).
-sub kill_primary
-{
-	my ($node) = @_;
-	my ($pm) = split /\n/, slurp_file($node->data_dir . '/postmaster.pid');
-	kill 'STOP', $pm;
-	my @kids = children_of($pm);
-	kill 'STOP', @kids;
-	kill 'KILL', $pm, @kids;
-	$node->kill9;    # the node forgets its postmaster (already dead)
-	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
-	usleep(20_000) while (grep { kill(0, $_) } $pm, @kids) && time < $deadline;
-	die "server processes survived SIGKILL" if grep { kill(0, $_) } $pm, @kids;
-	note "killed the primary's postmaster $pm and " . scalar(@kids) . " children with SIGKILL";
-	return;
-}
 
 # Deliver partitions from @$from to their ends on $node; wait for the clients.
 # With $events (a list of [fraction of the acks, code]), run each code once
@@ -210,15 +92,14 @@ sub kill_primary
 sub run_epoch
 {
 	my ($R, $node, $epoch, $from, %opt) = @_;
-	my @clients;
-	my $todo = 0;
-	for my $p (0 .. $NPART - 1)
-	{
-		next if $from->[$p] > $len[$p];
-		push @clients,
-		  start_client($node, $R->{tag}, $epoch, $p, $from->[$p], $len[$p], $opt{think});
-		$todo += $len[$p] - $from->[$p] + 1;
-	}
+	my ($clients, $todo) = PaymentStream::start_clients(
+		node    => $node,
+		streams => \%generated,
+		epoch   => $epoch,
+		from    => $from,
+		files   => "$tempdir/$R->{tag}_",
+		think   => $opt{think});
+	my @clients = @$clients;
 	note "$R->{tag} epoch $epoch: delivering $todo messages to "
 	  . $node->name
 	  . ", from @$from";
@@ -226,7 +107,7 @@ sub run_epoch
 	for my $ev (@{ $opt{events} // [] })
 	{
 		my ($fraction, $code) = @$ev;
-		wait_acks(\@clients, $epoch, int($todo * $fraction));
+		PaymentStream::wait_acks(\@clients, $epoch, int($todo * $fraction));
 		$code->(\@clients);
 	}
 
@@ -234,16 +115,9 @@ sub run_epoch
 	my @all;
 	for my $c (@clients)
 	{
-		$c->{h}->finish;
-		$c->{exit}   = $c->{h}->result(0);
-		$c->{stderr} = slurp_file($c->{err});
-		my @acks = PaymentStream::read_acks($c, $epoch);
-		$c->{acks} = \@acks;
-		push @all, @acks;
 		my $what = "$R->{tag} epoch $epoch, partition $c->{p}";
-		my @seqs = map { $_->[2] } @acks;
-		is_deeply(\@seqs, [ $c->{from} .. $c->{from} + @seqs - 1 ],
-			"$what: acks in order from message $c->{from}");
+		my @acks = PaymentStream::finish_client($c, $epoch, $what);
+		push @all, @acks;
 		if ($crashed)
 		{
 			ok( $c->{exit} != 0 && @acks < $c->{to} - $c->{from} + 1,
@@ -291,7 +165,7 @@ sub check_consistent
 	my ($E, $what) = @_;
 	my @twice = grep { @{ $E->{payments}{$_} } != 1 } sort keys %{ $E->{payments} };
 	is(scalar(@twice), 0, "$what: no payment applied more than once")
-	  or diag(show(@twice));
+	  or diag(PaymentStream::show(@twice));
 	is_deeply([ sort keys %{ $E->{ledger} } ], [ sort keys %{ $E->{payments} } ],
 		"$what: the ledger holds exactly the keys of the payments applied");
 	my %sum = map { $_ => 0 } 1 .. $NACCT;
@@ -306,7 +180,7 @@ sub check_consistent
 		  unless defined $seq && ($stream[$p][ $seq - 1 ] // '') eq $id;
 	}
 	is(scalar(@bad), 0, "$what: every payment was applied by a delivery of it")
-	  or diag(show(@bad));
+	  or diag(PaymentStream::show(@bad));
 	return;
 }
 
@@ -339,19 +213,7 @@ shared_buffers = 16MB
 log_statement = none
 ));
 	$primary->start;
-	$primary->safe_psql(
-		'postgres', qq(
-CREATE EXTENSION idempotent;
-CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL DEFAULT 0);
--- NOT unique on purpose: a payment applied twice shows as two rows
-CREATE TABLE payments (
-    payment_id text NOT NULL,
-    account int NOT NULL REFERENCES accounts,
-    amount bigint NOT NULL,
-    delivery text NOT NULL   -- epoch:partition:seq of the message that applied it
-);
-INSERT INTO accounts (id) SELECT g FROM generate_series(1, $NACCT) g;
-));
+	PaymentStream::create_schema($primary, $NACCT);
 	$primary->backup('base');
 	my $standby = PostgreSQL::Test::Cluster->new("${tag}_standby");
 	$standby->init_from_backup($primary, 'base', has_streaming => 1);
@@ -389,7 +251,7 @@ synchronous_commit = on
 				$standby->poll_query_until('postgres',
 					"SELECT pg_get_wal_replay_pause_state() = 'paused'")
 				  or die 'replay did not pause';
-				$paused_at_acks = count_acks($_[0], 1);
+				$paused_at_acks = PaymentStream::count_acks($_[0], 1);
 				note "$tag: WAL replay paused on the standby after $paused_at_acks acks";
 			}
 		];
@@ -403,7 +265,7 @@ synchronous_commit = on
 				kill('STOP', $walsender) or die "could not stop walsender $walsender: $!";
 				$stall_time = time;
 				note "$tag: walsender $walsender stopped after "
-				  . count_acks($_[0], 1) . ' acks';
+				  . PaymentStream::count_acks($_[0], 1) . ' acks';
 			}
 		];
 	}
@@ -423,7 +285,7 @@ synchronous_commit = on
 			@view = map { PaymentStream::read_acks($_, 1) } @$clients;
 			usleep(30_000);
 			$R->{stall_ms} = int(1000 * (time - $stall_time)) if defined $stall_time;
-			kill_primary($primary);
+			PaymentStream::kill_server($primary);
 			@stopped = ();
 		}
 	];
@@ -432,12 +294,7 @@ synchronous_commit = on
 	my ($not_received, $not_replayed) = split /\|/, $lag;
 	note "$tag: just before the kill the standby was $not_received bytes of "
 	  . "WAL behind the primary, and had flushed but not replayed $not_replayed bytes";
-	for my $a (@view)
-	{
-		my (undef, $p, $seq) = @$a;
-		die "ack out of order" unless $seq == $acked[$p] + 1;
-		$acked[$p] = $seq;
-	}
+	PaymentStream::move_offsets(\@acked, @view);
 	my @last_printed = map { 0 } 1 .. $NPART;
 	$last_printed[ $_->[1] ] = $_->[2] for @{ $e1->{acks} };
 
@@ -468,7 +325,7 @@ synchronous_commit = on
 	{
 		is(scalar(@lost_acks), 0,
 			"$tag: every acknowledged message's effect is on the promoted standby")
-		  or diag('lost: ' . show(@lost_acks));
+		  or diag('lost: ' . PaymentStream::show(@lost_acks));
 		if (defined $paused_at_acks)
 		{
 			cmp_ok($not_replayed, '>', 0,
@@ -516,7 +373,7 @@ synchronous_commit = on
 	}
 	is(scalar(@dup_wrong), 0,
 		"$tag: every redelivered message whose effect survived came back as a duplicate")
-	  or diag(show(@dup_wrong));
+	  or diag(PaymentStream::show(@dup_wrong));
 	for my $id (sort keys %{ $F->{payments} })
 	{
 		next if $S->{payments}{$id};
@@ -527,20 +384,20 @@ synchronous_commit = on
 	}
 	is(scalar(@lost_wrong), 0,
 		"$tag: each payment missing after the failover was applied once by the redelivery that reported it")
-	  or diag(show(@lost_wrong));
+	  or diag(PaymentStream::show(@lost_wrong));
 	is(scalar(grep { !$F->{payments}{$_} } keys %applied_in_e2), 0,
 		"$tag: every applied redelivery left its effect");
 	{
 		my @moved = grep { !$F->{payments}{$_} || $F->{payments}{$_}[0] ne $S->{payments}{$_}[0] }
 		  keys %{ $S->{payments} };
 		is(scalar(@moved), 0, "$tag: no surviving payment was applied again")
-		  or diag(show(@moved));
+		  or diag(PaymentStream::show(@moved));
 	}
 	my @gone = grep { !$F->{payments}{$_} } sort keys %pay;
 	if ($m{sync})
 	{
 		is(scalar(@gone), 0, "$tag: after redelivery every payment is applied")
-		  or diag(show(@gone));
+		  or diag(PaymentStream::show(@gone));
 		is_deeply($F->{balance}, \%expected_balance,
 			"$tag: each balance is the sum of its distinct payments");
 	}
@@ -550,7 +407,7 @@ synchronous_commit = on
 		my @unacked = grep { !$lost_ids{$_} } @gone;
 		is(scalar(@unacked), 0,
 			"$tag: every payment still missing after redelivery was acknowledged, then lost")
-		  or diag(show(@unacked));
+		  or diag(PaymentStream::show(@unacked));
 	}
 
 	# Epoch 3: the consumer group rewound to the start of the stream.
@@ -572,13 +429,13 @@ synchronous_commit = on
 			push @wrong, "$p:$seq:$status" unless $status =~ /^(applied|duplicate)$/;
 		}
 		is(scalar(@wrong), 0, "$tag: every replayed message is applied or a duplicate")
-		  or diag(show(@wrong));
+		  or diag(PaymentStream::show(@wrong));
 		my @bad = (
 			(grep { !$gone{$_} } sort keys %app),
 			(grep { ($app{$_} // 0) != 1 } sort keys %gone));
 		is(scalar(@bad), 0,
 			"$tag: the rewind applied exactly the payments still missing, each once")
-		  or diag(show(@bad));
+		  or diag(PaymentStream::show(@bad));
 		my @moved = grep { $G->{payments}{$_}[0] ne $F->{payments}{$_}[0] }
 		  keys %{ $F->{payments} };
 		is(scalar(@moved), 0, "$tag: the rewind applied no payment again");

@@ -55,6 +55,10 @@ use Cwd qw(abs_path);
 use File::Basename qw(dirname);
 use Time::HiRes qw(usleep time);
 
+use FindBin;
+use lib $FindBin::RealBin;
+use PaymentStream;
+
 my $started_at = time;
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $pgq_sql   = "$root/examples/pgq/consumer.sql";
@@ -83,18 +87,8 @@ my $psql = $node->installed_command('psql');
 ###########################################################################
 # Helpers.
 
-# A fixed-seed generator (xorshift32), as in 001_crash_redelivery.pl.
-my $rng = 0x1234567;
-
-sub rnd
-{
-	my ($n) = @_;
-	$rng ^= ($rng << 13) & 0xffffffff;
-	$rng ^= $rng >> 17;
-	$rng ^= ($rng << 5) & 0xffffffff;
-	$rng &= 0xffffffff;
-	return $rng % $n;
-}
+# A fixed-seed generator (xorshift32), as for the streams of 001 and 010.
+my $rnd = PaymentStream::rng(0x1234567);
 
 # A fresh database with the extensions and the example file loaded as is.
 sub new_db
@@ -322,7 +316,7 @@ for my $i (1 .. $NPAY)
 {
 	my $id = sprintf('pay-%03d', $i);
 	my $g = int(($i - 1) * $NGROUP / $NPAY);
-	$pay{$id} = [ 1 + rnd($NACCT), sprintf('%d.%02d', 1 + rnd(300), rnd(100)) ];
+	$pay{$id} = [ 1 + $rnd->($NACCT), sprintf('%d.%02d', 1 + $rnd->(300), $rnd->(100)) ];
 	push @{ $groups[$g] }, $id;
 	push @{ $groups[$g] }, $id if $i % 5 == 0;    # retry into the same batch
 	push @{ $groups[ $g + 1 ] }, $id              # retry into the next batch
@@ -538,10 +532,10 @@ my @later;
 for my $i (1 .. $NORD)
 {
 	my $id = sprintf('ord-%03d', $i);
-	$ord{$id} = [ 'sku-' . (1 + rnd(4)), 1 + rnd(9) ];
+	$ord{$id} = [ 'sku-' . (1 + $rnd->(4)), 1 + $rnd->(9) ];
 	push @inbox, $id;
-	push @inbox, $id if rnd(100) < 25;
-	push @later, [ $i + 3 + rnd(15), $id ] if rnd(100) < 20;
+	push @inbox, $id if $rnd->(100) < 25;
+	push @later, [ $i + 3 + $rnd->(15), $id ] if $rnd->(100) < 20;
 	push @inbox, map { $_->[1] } grep { $_->[0] == $i } @later;
 }
 push @inbox, map { $_->[1] } grep { $_->[0] > $NORD } @later;
