@@ -22,7 +22,7 @@ REGRESS_OPTS = --load-extension=idempotent
 # isolation specs: test/isolation/specs/NAME.spec against test/isolation/expected/NAME.out
 ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read \
 	serializable_skew ledger_invalidation manual_delete savepoint statement_wait upsert_race claim_race three_sessions deadlock \
-	purge_race reindex_swap reindex_new_keys
+	purge_race reindex_swap reindex_new_keys lock_timeout
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
 
 # TAP tests (PostgreSQL::Test::Cluster): crashes, restarts
