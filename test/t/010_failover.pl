@@ -235,6 +235,21 @@ synchronous_commit = on
 		"SELECT sync_state = '$want' FROM pg_stat_replication WHERE application_name = '$sname'")
 	  or die "the standby did not become $want";
 	pass("$tag: the standby streams from the primary as a $want standby");
+	if ($m{sync})
+	{
+		# A standby answers duplicates but cannot record a key (25006).  The
+		# probe key is forgotten again: the ledger must hold payments only.
+		$primary->safe_psql('postgres', q{SELECT idem_claim('standby:probe')});
+		$primary->wait_for_catchup($standby, 'replay');
+		is($standby->safe_psql('postgres', q{SELECT status FROM idem_claim('standby:probe')}),
+			'duplicate', "$tag: a standby answers a duplicate");
+		my ($rc, $out, $err) = $standby->psql('postgres',
+			q{SELECT status FROM idem_claim('standby:new')},
+			extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+		like($err, qr/ERROR:  25006: cannot record key "standby:new"/,
+			"$tag: and refuses to record a new key with 25006");
+		$primary->safe_psql('postgres', q{SELECT idem_forget('standby:probe')});
+	}
 	my $walsender = $primary->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_replication WHERE application_name = '$sname'");
 
