@@ -13,6 +13,8 @@
 #      effect tables come back too; an expired key is still expired; a grant
 #      on idem_get survives.
 #  (c) the same with a plain-format pg_dump piped into psql.
+#  (d) the extension created in a schema of its own, then dropped and created
+#      again while a session that used it stays connected.
 #
 # The installed library is 1.1.  The keys of the 1.0 database are recorded by
 # the same library in a scratch 1.1 database and copied (without expires_at)
@@ -360,6 +362,27 @@ my $ok = IPC::Run::run(
 ok($ok, 'pg_dump -Fp src | psql dst_plain');
 is($dump_err . $psql_err, '', 'neither reported an error');
 check_restored('dst_plain');
+
+# (d) The extension in a schema of its own, and created again under a session
+# that already used it: the functions and the ledger live in the extension's
+# schema, and the session finds the new ledger (its cached relations are
+# forgotten with the old one).
+$node->safe_psql('postgres', 'CREATE DATABASE schemas');
+$node->safe_psql('schemas', 'CREATE SCHEMA ops; CREATE EXTENSION idempotent SCHEMA ops');
+my $user = $node->background_psql('schemas', on_error_stop => 0);
+is($user->query(q{SELECT status FROM ops.idem_apply('s:1', NULL, 'SELECT 1')}),
+	'applied', 'schemas: idem_apply works in the schema the extension was created in');
+is($user->query(q{SELECT status FROM ops.idem_apply('s:1', NULL, 'SELECT 1')}),
+	'duplicate', 'schemas: and finds its keys there');
+is($node->safe_psql('schemas', q{SELECT count(*) FROM ops.idem_ledger WHERE key = 's:1'}),
+	'1', 'schemas: the ledger is ops.idem_ledger');
+$node->safe_psql('schemas',
+	'DROP EXTENSION idempotent; CREATE SCHEMA ops2; CREATE EXTENSION idempotent SCHEMA ops2');
+is($user->query(q{SELECT status FROM ops2.idem_apply('s:1', NULL, 'SELECT 1')}),
+	'applied', 'schemas: after DROP and CREATE EXTENSION, the same session uses the new, empty ledger');
+is($node->safe_psql('schemas', q{SELECT count(*) FROM ops2.idem_ledger WHERE key = 's:1'}),
+	'1', 'schemas: and records the key there');
+$user->quit;
 
 $node->stop;
 done_testing();
