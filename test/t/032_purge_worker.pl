@@ -100,14 +100,27 @@ SELECT idem_apply('st:v', 2, 'INSERT INTO st VALUES ($1)', 'two');
 SELECT idem_apply('st:v', 1, 'INSERT INTO st VALUES ($1)', 'two');
 SELECT idem_apply_next('st:s', 3, 'INSERT INTO st VALUES ($1)', 'three');
 SELECT idem_claim('st:c');
+SELECT idem_upsert('st:u', 2, 'INSERT INTO st VALUES ($1)', 'four');
+SELECT idem_upsert('st:u', 1, 'INSERT INTO st VALUES ($1)', 'four');
 });
+# errors: in the statement, and a reused key (ID001); bad input is not a call
 $node->psql('postgres', q{SELECT idem_apply('st:2', NULL, 'SELECT 1/0')});
+$node->psql('postgres', q{SELECT idem_apply('st:1', NULL, 'INSERT INTO st VALUES ($1)', 'other')});
+$node->psql('postgres', q{SELECT idem_apply(NULL, NULL, 'SELECT 1')});
+# in_progress: a key another transaction is applying, asked with wait = off
+my $busy = $node->background_psql('postgres');
+$busy->query_safe(q{BEGIN; SELECT idem_apply('st:busy', NULL, 'SELECT 1')});
+is($node->safe_psql('postgres',
+		q{SET idempotent.wait = off; SELECT status FROM idem_apply('st:busy', NULL, 'SELECT 1')}),
+	'in_progress', 'a key being applied elsewhere is in_progress with wait = off');
+$busy->query_safe('ROLLBACK');
+$busy->quit;
 is($node->safe_psql('postgres', q{
 SELECT string_agg(format('%s:%s/%s/%s/%s/%s/%s/%s', policy, calls, applied, duplicate, stale,
                          gap, in_progress, errors), ' ' ORDER BY policy)
 FROM idem_stat}),
-	'newer:2/1/0/1/0/0/0 next:1/0/0/0/1/0/0 once:4/2/1/0/0/0/1 upsert:0/0/0/0/0/0/0',
-	'idem_stat counts calls by policy and outcome, errors included');
+	'newer:2/1/0/1/0/0/0 next:1/0/0/0/1/0/0 once:7/3/1/0/0/1/2 upsert:2/1/0/1/0/0/0',
+	'idem_stat counts calls by policy and outcome, in_progress and errors included, not bad input');
 is($node->safe_psql('postgres', q{SELECT bool_and(total_time > 0) FROM idem_stat WHERE calls > 0}),
 	't', 'and the time they took');
 $node->safe_psql('postgres', q{SELECT idem_stats_reset()});
