@@ -38,7 +38,7 @@ include $(PGXS)
 # every object sees the shared structs: rebuild them all when a header changes
 $(OBJS): $(wildcard src/*.h)
 
-.PHONY: test demo bench bench-purge
+.PHONY: test demo bench bench-purge deb
 test:
 	scripts/run-tests.sh
 
@@ -50,3 +50,6 @@ bench:
 
 bench-purge:
 	scripts/bench-purge.sh
+
+deb:
+	scripts/deb.sh
