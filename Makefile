@@ -10,8 +10,8 @@
 
 EXTENSION = idempotent
 MODULE_big = idempotent
-OBJS = src/idempotent.o src/apply.o src/ledger.o src/statement.o src/admin.o src/worker.o src/stats.o
-DATA = idempotent--1.0.sql idempotent--1.0--1.1.sql
+OBJS = src/idempotent.o src/settings.o src/policy.o src/scope.o src/apply.o src/ledger.o src/statement.o src/admin.o src/worker.o src/stats.o
+DATA = idempotent--1.0.sql idempotent--1.0--1.1.sql idempotent--1.1--1.2.sql
 PGFILEDESC = "idempotent - exactly-once effects for message consumers"
 
 # pg_regress: sql/NAME.sql against expected/NAME.out

@@ -8,7 +8,7 @@ CREATE TABLE claim_effects (key text, note text);
 SELECT * FROM idem_claim('c:once');
 SELECT * FROM idem_claim('c:once');
 SELECT * FROM idem_claim(key => 'c:once', policy => 'once');
-SELECT key, policy, version, rows, result, fingerprint FROM idem_ledger WHERE key = 'c:once';
+SELECT key, policy, version, rows, result, request_hash FROM idem_ledger WHERE key = 'c:once';
 
 -- a version and no policy => policy newer
 SELECT * FROM idem_claim('c:newer', 3);
@@ -16,7 +16,7 @@ SELECT * FROM idem_claim('c:newer', 3);
 SELECT * FROM idem_claim('c:newer', 2);
 SELECT * FROM idem_claim('c:newer', 4);
 SELECT * FROM idem_claim(key => 'c:newer', version => 4, policy => 'newer');
-SELECT key, policy, version, rows, result, fingerprint FROM idem_ledger WHERE key = 'c:newer';
+SELECT key, policy, version, rows, result, request_hash FROM idem_ledger WHERE key = 'c:newer';
 
 -- policy next
 SELECT * FROM idem_claim('c:next', 2, 'next');
@@ -26,14 +26,14 @@ SELECT * FROM idem_claim('c:next', 1, 'next');
 SELECT * FROM idem_claim('c:next', 3, 'next');
 SELECT * FROM idem_claim('c:next', 2, 'next');
 SELECT * FROM idem_claim('c:next', 1, 'next');
-SELECT key, policy, version, rows, result, fingerprint FROM idem_ledger WHERE key = 'c:next';
+SELECT key, policy, version, rows, result, request_hash FROM idem_ledger WHERE key = 'c:next';
 
 -- policy upsert
 SELECT * FROM idem_claim('c:upsert', 1, 'upsert');
 SELECT * FROM idem_claim('c:upsert', 1, 'upsert');
 SELECT * FROM idem_claim('c:upsert', 2, 'upsert');
 SELECT * FROM idem_claim('c:upsert', 1, 'upsert');
-SELECT key, policy, version, rows, result, fingerprint FROM idem_ledger WHERE key = 'c:upsert';
+SELECT key, policy, version, rows, result, request_hash FROM idem_ledger WHERE key = 'c:upsert';
 
 -- policy once named explicitly, NULL version
 SELECT * FROM idem_claim('c:once2', NULL, 'once');
@@ -57,7 +57,7 @@ SELECT * FROM claim_effects ORDER BY key;
 -- and a newer version applies the statement and stores its rows and fingerprint
 SELECT * FROM idem_apply('c:newer', 5, 'INSERT INTO claim_effects VALUES ($1, $2)', 'c:newer', 'v5');
 SELECT * FROM claim_effects ORDER BY key;
-SELECT key, policy, version, rows, result, fingerprint IS NOT NULL AS has_fingerprint
+SELECT key, policy, version, rows, result, request_hash IS NOT NULL AS has_fingerprint
 FROM idem_ledger WHERE key = 'c:newer';
 
 -- the consumer pattern: claim, and do the work only when the claim applied
@@ -108,7 +108,7 @@ SELECT status FROM idem_claim('c:sp-3');
 COMMIT;
 SELECT key, policy FROM idem_ledger WHERE key LIKE 'c:sp-%' ORDER BY key;
 
-SELECT key, policy, version, rows, result, fingerprint IS NOT NULL AS has_fingerprint
+SELECT key, policy, version, rows, result, request_hash IS NOT NULL AS has_fingerprint
 FROM idem_ledger WHERE key LIKE 'c:%' ORDER BY key;
 
 DROP FUNCTION claim_consume(text, text);

@@ -117,7 +117,7 @@ SELECT * FROM idem_apply('f:claimed-v', 1, 'SELECT 1/0 AS boom');
 -- and a claim of a key applied with a statement is not compared either
 SELECT status, rows, result FROM idem_claim('f:1');
 SELECT count(*) FROM fp_orders WHERE id = 50;
-SELECT key, fingerprint IS NOT NULL AS has_fingerprint FROM idem_ledger
+SELECT key, request_hash IS NOT NULL AS has_fingerprint FROM idem_ledger
 WHERE key IN ('f:1', 'f:claimed', 'f:claimed-v') ORDER BY key;
 
 -- the fingerprint does not depend on the session: a new connection repeating the

@@ -12,7 +12,7 @@ CREATE TABLE once_orders (id int PRIMARY KEY, item text, qty int);
 SELECT * FROM idem_apply('o:1', NULL,
     'INSERT INTO once_orders VALUES ($1, $2, $3) RETURNING id, item, qty', 1, 'apple', 3);
 SELECT * FROM once_orders ORDER BY id;
-SELECT key, policy, version, rows, result, fingerprint IS NOT NULL AS has_fingerprint
+SELECT key, policy, version, rows, result, request_hash IS NOT NULL AS has_fingerprint
 FROM idem_ledger WHERE key LIKE 'o:%' ORDER BY key;
 SELECT xmin AS o1_xmin, ctid AS o1_ctid FROM idem_ledger WHERE key = 'o:1' \gset
 

@@ -29,7 +29,8 @@ CREATE VIEW ret_ledger AS
 SELECT key, policy, version, rows, result,
        CASE WHEN expires_at IS NULL THEN 'never'
             WHEN expires_at <= now() THEN 'expired'
-            ELSE 'ttl ' || extract(epoch FROM expires_at - applied_at)::bigint || 's' END AS expiry
+            -- the ttl, without the second of grace a key is stamped with
+            ELSE 'ttl ' || extract(epoch FROM expires_at - applied_at - interval '1 second')::bigint || 's' END AS expiry
 FROM idem_ledger
 WHERE key LIKE 'r:%';
 
@@ -66,28 +67,36 @@ RESET idempotent.ttl;
 SHOW idempotent.ttl;
 
 --
--- expires_at = transaction start + ttl; ttl 0 stores NULL (forever)
+-- expires_at = when the key was written + ttl + one second of grace; ttl 0
+-- stores NULL (forever); applied_at is the transaction's start
 --
 SET idempotent.ttl = '1h';
 BEGIN;
+SELECT clock_timestamp() AS before_apply \gset
 SELECT status FROM idem_apply('r:stamp', NULL, 'SELECT 1');
 SELECT applied_at = now() AS applied_at_is_xact_start,
-       expires_at = now() + interval '1 hour' AS expires_at_is_start_plus_ttl
+       expires_at - interval '1 hour 1 second' BETWEEN :'before_apply'::timestamptz AND clock_timestamp()
+           AS expires_at_is_write_plus_ttl
 FROM idem_ledger WHERE key = 'r:stamp';
 COMMIT;
 SET idempotent.ttl = 0;
 SELECT status FROM idem_apply('r:forever', NULL, 'SELECT 1');
 SELECT key, expires_at IS NULL AS forever FROM idem_ledger WHERE key = 'r:forever';
--- a key applied in a transaction that started long ago still expires from its start
-SET idempotent.ttl = '1h';
+-- a key is never born expired: a transaction that runs on after writing it,
+-- here longer than the ttl and its grace, has its keys stamped again as it
+-- commits, so a redelivery right after the commit is a duplicate
+SET idempotent.ttl = 1;
 BEGIN;
-SELECT pg_sleep(0.01);
 SELECT status FROM idem_apply('r:stamp-late', NULL, 'SELECT 1');
-SELECT applied_at = now() AND expires_at = now() + interval '1 hour' AS from_xact_start,
-       applied_at < clock_timestamp() AS before_the_call_ended
-FROM idem_ledger WHERE key = 'r:stamp-late';
+SELECT pg_sleep(2.1);
+SELECT clock_timestamp() AS before_commit \gset
 COMMIT;
-SELECT * FROM ret_ledger WHERE key LIKE 'r:stamp%' OR key = 'r:forever' ORDER BY key;
+SELECT status FROM idem_apply('r:stamp-late', NULL, 'SELECT 1');
+SELECT applied_at < :'before_commit'::timestamptz - interval '2 seconds' AS applied_long_before_commit,
+       expires_at >= :'before_commit'::timestamptz + interval '1 second' AS expires_ttl_after_commit
+FROM idem_ledger WHERE key = 'r:stamp-late';
+SET idempotent.ttl = '1h';
+SELECT * FROM ret_ledger WHERE key IN ('r:stamp', 'r:forever') ORDER BY key;
 
 --
 -- once: a duplicate until the key expires (and never moves the expiry), then
@@ -284,7 +293,7 @@ SELECT status FROM idem_claim('r:get-claim', 2);
 SET idempotent.ttl = '1h';
 SELECT ret_expire('r:get-next');
 SELECT g.key, g.policy, g.version, g.applied_at IS NOT NULL AS has_applied_at,
-       g.expires_at - g.applied_at AS ttl, g.expired, g.rows, g.result
+       date_trunc('second', g.expires_at - g.applied_at - interval '1 second') AS ttl, g.expired, g.rows, g.result
 FROM unnest(array['r:get-once', 'r:get-newer', 'r:get-upsert', 'r:get-claim']) AS k,
      idem_get(k) AS g
 ORDER BY g.key;
@@ -487,17 +496,17 @@ ALTER DATABASE :"ret_db" SET idempotent.ttl = '3h';
 \c - regress_ret_login
 SHOW idempotent.ttl;
 SELECT status FROM idem_apply('r:db-ttl', NULL, 'SELECT 1');
-SELECT key, expires_at - applied_at AS ttl FROM idem_get('r:db-ttl');
+SELECT key, date_trunc('second', expires_at - applied_at - interval '1 second') AS ttl FROM idem_get('r:db-ttl');
 \c - :ret_superuser
 ALTER ROLE regress_ret_login SET idempotent.ttl = '2h';
 \c - regress_ret_login
 SELECT status FROM idem_apply('r:role-ttl', NULL, 'SELECT 1');
-SELECT key, expires_at - applied_at AS ttl FROM idem_get('r:role-ttl');
+SELECT key, date_trunc('second', expires_at - applied_at - interval '1 second') AS ttl FROM idem_get('r:role-ttl');
 \c - :ret_superuser
 ALTER ROLE regress_ret_login IN DATABASE :"ret_db" SET idempotent.ttl = '45min';
 \c - regress_ret_login
 SELECT status FROM idem_apply('r:role-db-ttl', NULL, 'SELECT 1');
-SELECT key, expires_at - applied_at AS ttl FROM idem_get('r:role-db-ttl');
+SELECT key, date_trunc('second', expires_at - applied_at - interval '1 second') AS ttl FROM idem_get('r:role-db-ttl');
 -- SET still wins, for any role (USERSET)
 SET idempotent.ttl = 0;
 SELECT status FROM idem_apply('r:role-set-ttl', NULL, 'SELECT 1');

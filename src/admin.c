@@ -1,15 +1,19 @@
 /*
  * admin.c
- *	  Operators' functions: purge expired keys, forget a key, reset a key's
- *	  version watermark.  Forgetting and resetting are logged.
+ *	  Operators' functions: read a key's record, purge expired keys, forget
+ *	  a key, reset a key's version watermark.  Forgetting and resetting are
+ *	  logged.
  *
- * Like the calls that apply keys, these write the ledger directly and take
- * the key's writers' lock, so they never collide with a call in flight.
+ * Each works in the caller's scope (idempotent.scope), which the caller must
+ * be allowed to use; a superuser's purge covers every scope.  Like the calls
+ * that apply keys, these write the ledger directly and take the key's
+ * writers' lock, so they never collide with a call in flight.
  */
 #include "postgres.h"
 
 #include "access/xact.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
@@ -20,19 +24,19 @@
  * whether a row was found, expired or not.  The caller unlocks.
  */
 static bool
-probe_locked(Ledger *ledger, text *key, LedgerRow *row)
+probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
 {
 	for (;;)
 	{
 		LedgerWriter writer;
 		LedgerProbe probe;
 
-		if (!ledger_lock_key(key, true))
+		if (!ledger_lock_key(scope, key, true))
 			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(key));
-		probe = ledger_probe(ledger, key, row, &writer);
+		probe = ledger_probe(ledger, scope, key, row, &writer);
 		if (probe != LEDGER_BUSY)
 			return probe == LEDGER_FOUND;
-		ledger_unlock_key(key);
+		ledger_unlock_key(scope, key);
 		ledger_wait(ledger, &writer);
 	}
 }
@@ -48,14 +52,26 @@ check_writable(text *key)
 }
 
 PG_FUNCTION_INFO_V1(idem_purge);
-/* idem_purge(max_keys): delete up to max_keys expired keys; returns how many */
+/*
+ * idem_purge(max_keys): delete up to max_keys expired keys of the caller's
+ * scope (a superuser's: of every scope); returns how many
+ */
 Datum
 idem_purge(PG_FUNCTION_ARGS)
 {
-	int32		max_keys = PG_GETARG_INT32(0);
+	int32		max_keys;
+	text	   *scope;
 	Ledger		ledger;
 	int64		deleted;
 
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max_keys must not be null")));
+	max_keys = PG_GETARG_INT32(0);
+	scope = idem_current_scope();
+	if (superuser())
+		scope = NULL;
 	if (max_keys < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -65,7 +81,7 @@ idem_purge(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot purge keys in a read-only transaction")));
 	ledger_open(&ledger);
-	deleted = ledger_purge(&ledger, max_keys, GetCurrentTransactionStartTimestamp());
+	deleted = ledger_purge(&ledger, max_keys, GetCurrentTransactionStartTimestamp(), scope);
 	ledger_close(&ledger);
 	PG_RETURN_INT64(deleted);
 }
@@ -76,23 +92,25 @@ Datum
 idem_forget(PG_FUNCTION_ARGS)
 {
 	text	   *key = idem_key_arg(fcinfo);
+	text	   *scope = idem_current_scope();
 	Ledger		ledger;
 	LedgerRow	row;
 	bool		forgotten = false;
 
-	idem_check_not_applying(key);
+	idem_check_not_applying(scope, key);
 	check_writable(key);
 	ledger_open(&ledger);
-	if (probe_locked(&ledger, key, &row))
+	if (probe_locked(&ledger, scope, key, &row))
 		forgotten = ledger_delete(&ledger, &row.tid, true);
-	ledger_unlock_key(key);
+	ledger_unlock_key(scope, key);
 	ledger_close(&ledger);
 	CommandCounterIncrement();
 
 	if (forgotten)
 		ereport(LOG,
-				(errmsg("idempotent: key \"%s\" forgotten by role \"%s\"",
-						text_to_cstring(key), GetUserNameFromId(GetUserId(), false))));
+				(errmsg("idempotent: key \"%s\" of scope \"%s\" forgotten by role \"%s\"",
+						text_to_cstring(key), text_to_cstring(scope),
+						GetUserNameFromId(GetUserId(), false))));
 	PG_RETURN_BOOL(forgotten);
 }
 
@@ -107,6 +125,7 @@ Datum
 idem_reset(PG_FUNCTION_ARGS)
 {
 	text	   *key = idem_key_arg(fcinfo);
+	text	   *scope = idem_current_scope();
 	int64		version;
 	IdemPolicy	policy = IDEM_NEWER;
 	Ledger		ledger;
@@ -126,11 +145,11 @@ idem_reset(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("version must not be negative")));
-	idem_check_not_applying(key);
+	idem_check_not_applying(scope, key);
 	check_writable(key);
 
 	ledger_open(&ledger);
-	present = probe_locked(&ledger, key, &row);
+	present = probe_locked(&ledger, scope, key, &row);
 	found = present && !ledger_row_expired(&row);
 	if (found && PG_ARGISNULL(2))
 		policy = row.policy;
@@ -153,20 +172,66 @@ idem_reset(PG_FUNCTION_ARGS)
 	row.has_rows = false;
 	row.rows = 0;
 	row.has_fingerprint = false;
-	row.fingerprint = 0;
+	row.has_legacy_fingerprint = false;
 	row.result = NULL;
-	ledger_stamp_row(&row);
+	ledger_stamp_row(&row, scope, key);
 	if (present)
-		ledger_update(&ledger, key, &row);
+		ledger_update(&ledger, scope, key, &row);
 	else
-		ledger_insert(&ledger, key, &row);
-	ledger_unlock_key(key);
+		ledger_insert(&ledger, scope, key, &row);
+	ledger_unlock_key(scope, key);
 	ledger_close(&ledger);
 
 	ereport(LOG,
-			(errmsg("idempotent: key \"%s\" reset to version " INT64_FORMAT " by role \"%s\"",
-					text_to_cstring(key), version, GetUserNameFromId(GetUserId(), false))));
+			(errmsg("idempotent: key \"%s\" of scope \"%s\" reset to version " INT64_FORMAT " by role \"%s\"",
+					text_to_cstring(key), text_to_cstring(scope), version,
+					GetUserNameFromId(GetUserId(), false))));
 	if (!found)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(previous);
+}
+
+PG_FUNCTION_INFO_V1(idem_get);
+/*
+ * idem_get(key): the key's record in the caller's scope, expired or not; no
+ * row when the key is absent.  It reads the ledger with a dirty snapshot, so
+ * a key another transaction is writing shows as it was before.
+ */
+Datum
+idem_get(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	text	   *key = idem_key_arg(fcinfo);
+	text	   *scope = idem_current_scope();
+	Ledger		ledger;
+	LedgerRow	row;
+	LedgerWriter writer;
+	LedgerProbe probe;
+
+	InitMaterializedSRF(fcinfo, 0);
+	ledger_open(&ledger);
+	probe = ledger_probe(&ledger, scope, key, &row, &writer);
+	if (probe == LEDGER_FOUND)
+	{
+		Datum		values[9];
+		bool		nulls[9] = {0};
+
+		values[0] = PointerGetDatum(key);
+		values[1] = CStringGetTextDatum(idem_policy_name(row.policy));
+		values[2] = Int64GetDatum(row.version);
+		nulls[2] = !row.has_version;
+		values[3] = TimestampTzGetDatum(row.applied_at);
+		values[4] = TimestampTzGetDatum(row.expires_at);
+		nulls[4] = !row.has_expiry;
+		values[5] = BoolGetDatum(row.has_expiry &&
+								 row.expires_at <= GetCurrentTransactionStartTimestamp());
+		values[6] = Int64GetDatum(row.rows);
+		nulls[6] = !row.has_rows;
+		values[7] = PointerGetDatum(row.result);
+		nulls[7] = (row.result == NULL);
+		values[8] = PointerGetDatum(scope);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	ledger_close(&ledger);
+	return (Datum) 0;
 }

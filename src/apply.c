@@ -13,6 +13,7 @@
 
 #include "access/xact.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 
 #include "ledger.h"
 #include "statement.h"
@@ -20,32 +21,43 @@
 /*
  * Keys whose statements are running in this backend, outermost first: a
  * statement that applies its own key again would otherwise collide with the
- * ledger row its enclosing call is about to write.
+ * ledger row its enclosing call is about to write.  Every level is tracked;
+ * the array grows in TopMemoryContext and points to the callers' keys, which
+ * outlive the statements.
  */
-#define MAX_NESTED_KEYS 16
-static text *applying_keys[MAX_NESTED_KEYS];
-static int	napplying_keys = 0;
+typedef struct ApplyingKey
+{
+	text	   *scope;
+	text	   *key;
+} ApplyingKey;
 
-/* Whether an enclosing call in this backend is applying key. */
+static ApplyingKey *applying_keys = NULL;
+static int	napplying_keys = 0;
+static int	max_applying_keys = 0;
+
+static bool
+text_equal(text *a, text *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+/* Whether an enclosing call in this backend is applying (scope, key). */
 bool
-idem_key_is_applying(text *key)
+idem_key_is_applying(text *scope, text *key)
 {
 	for (int i = 0; i < napplying_keys; i++)
-	{
-		text	   *outer = applying_keys[i];
-
-		if (VARSIZE_ANY_EXHDR(outer) == VARSIZE_ANY_EXHDR(key) &&
-			memcmp(VARDATA_ANY(outer), VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)) == 0)
+		if (text_equal(applying_keys[i].key, key) &&
+			text_equal(applying_keys[i].scope, scope))
 			return true;
-	}
 	return false;
 }
 
 /* Refuse to touch a key an enclosing call is applying. */
 void
-idem_check_not_applying(text *key)
+idem_check_not_applying(text *scope, text *key)
 {
-	if (napplying_keys > 0 && idem_key_is_applying(key))
+	if (napplying_keys > 0 && idem_key_is_applying(scope, key))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("key \"%s\" is already being applied by an enclosing call",
@@ -59,8 +71,18 @@ run_statement(const IdemRequest *req, int64 *rows, Jsonb **result)
 {
 	int			depth = napplying_keys;
 
-	if (depth < MAX_NESTED_KEYS)
-		applying_keys[napplying_keys++] = req->key;
+	if (napplying_keys == max_applying_keys)
+	{
+		int			n = Max(16, max_applying_keys * 2);
+
+		applying_keys = applying_keys == NULL ?
+			MemoryContextAlloc(TopMemoryContext, n * sizeof(ApplyingKey)) :
+			repalloc(applying_keys, n * sizeof(ApplyingKey));
+		max_applying_keys = n;
+	}
+	applying_keys[napplying_keys].scope = req->scope;
+	applying_keys[napplying_keys].key = req->key;
+	napplying_keys++;
 	PG_TRY();
 	{
 		statement_run(req->stmt, rows, result);
@@ -72,36 +94,47 @@ run_statement(const IdemRequest *req, int64 *rows, Jsonb **result)
 	PG_END_TRY();
 }
 
-const char *
-idem_policy_name(IdemPolicy policy)
+/*
+ * Whether a duplicate repeats the original request: the same statement and
+ * the same argument values (see statement_fingerprint()).  Keys recorded
+ * before 1.2 are compared with the identity 1.1 computed.  A key recorded
+ * without a statement (idem_claim, idem_reset) has nothing to compare.
+ */
+static bool
+same_request(const IdemRequest *req, const LedgerRow *row)
 {
-	switch (policy)
-	{
-		case IDEM_ONCE:
-			return "once";
-		case IDEM_NEWER:
-			return "newer";
-		case IDEM_NEXT:
-			return "next";
-		case IDEM_UPSERT:
-			return "upsert";
-	}
-	return "unknown";
+	if (row->has_fingerprint)
+		return row->fingerprint == req->fingerprint;
+	if (row->has_legacy_fingerprint)
+		return row->legacy_fingerprint == statement_legacy_fingerprint(req->stmt);
+	return true;
 }
 
-/* A duplicate must repeat the original request; report a reused key. */
+/*
+ * A duplicate of a statement-running call gets the original's rows and
+ * result only if it is the same request; a reused key is an error unless a
+ * superuser switched the check off.  A claim gets neither.
+ */
 static void
-check_fingerprint(const IdemRequest *req, const LedgerRow *row)
+replay(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 {
-	if (!idem_check_fingerprint || req->stmt == NULL || !row->has_fingerprint)
+	if (req->stmt == NULL)
 		return;
-	if (row->fingerprint != req->fingerprint)
-		ereport(ERROR,
-				(errcode(ERRCODE_IDEM_FINGERPRINT_MISMATCH),
-				 errmsg("key \"%s\" was already applied with a different statement or arguments",
-						text_to_cstring(req->key)),
-				 errdetail("A duplicate must repeat the original request exactly."),
-				 errhint("Use a new key for a different request, or set idempotent.check_fingerprint to off.")));
+	if (!same_request(req, row))
+	{
+		if (idem_check_fingerprint)
+			ereport(ERROR,
+					(errcode(ERRCODE_IDEM_FINGERPRINT_MISMATCH),
+					 errmsg("key \"%s\" was already applied with a different statement or arguments",
+							text_to_cstring(req->key)),
+					 errdetail("A duplicate must repeat the original request: the same statement text and arguments equal as values."),
+					 errhint("Use a new key for a different request.")));
+		return;
+	}
+	out->has_rows = row->has_rows;
+	out->rows = row->rows;
+	out->result = row->result == NULL ? NULL :
+		DatumGetJsonbPCopy(PointerGetDatum(row->result));
 }
 
 /*
@@ -112,27 +145,10 @@ check_fingerprint(const IdemRequest *req, const LedgerRow *row)
 static bool
 decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 {
-	int64		v = req->version;
-	int64		s;
-
 	out->has_previous = (row != NULL && row->has_version);
 	out->previous_version = out->has_previous ? row->version : 0;
 
-	if (row == NULL)
-	{
-		if (req->policy == IDEM_NEXT && v != 1)
-		{
-			out->status = IDEM_GAP;
-			out->has_version = false;
-			return false;
-		}
-		out->status = IDEM_APPLIED;
-		out->has_version = req->has_version;
-		out->version = v;
-		return true;
-	}
-
-	if (row->policy != req->policy)
+	if (row != NULL && row->policy != req->policy)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_POLICY_MISMATCH),
 				 errmsg("key \"%s\" was recorded under policy \"%s\", not \"%s\"",
@@ -140,42 +156,19 @@ decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 						idem_policy_name(req->policy)),
 				 errhint("Use one policy per key: the version decides between once and newer, and idem_apply_next and idem_upsert have their own.")));
 
-	/* Until shown otherwise, nothing changes: the stored version stays. */
-	out->has_version = row->has_version;
-	out->version = row->version;
-	s = row->version;
-
-	switch (req->policy)
-	{
-		case IDEM_ONCE:
-			out->status = IDEM_DUPLICATE;
-			break;
-		case IDEM_NEWER:
-			out->status = v > s ? IDEM_APPLIED : v == s ? IDEM_DUPLICATE : IDEM_STALE;
-			break;
-		case IDEM_NEXT:
-			out->status = v == s + 1 ? IDEM_APPLIED :
-				v == s ? IDEM_DUPLICATE :
-				v < s ? IDEM_STALE : IDEM_GAP;
-			break;
-		case IDEM_UPSERT:
-			out->status = v >= s ? IDEM_APPLIED : IDEM_STALE;
-			break;
-	}
-
-	if (out->status == IDEM_DUPLICATE)
-	{
-		check_fingerprint(req, row);
-		out->has_rows = row->has_rows;
-		out->rows = row->rows;
-		out->result = row->result == NULL ? NULL :
-			DatumGetJsonbPCopy(PointerGetDatum(row->result));
-	}
+	out->status = idem_policy_decide(req->policy, row != NULL,
+									 row != NULL ? row->version : 0, req->version);
 	if (out->status == IDEM_APPLIED)
 	{
-		out->version = v;
+		out->has_version = req->has_version;
+		out->version = req->version;
 		return true;
 	}
+	/* Nothing changes: the stored version stays (a gap on a new key has none). */
+	out->has_version = row != NULL && row->has_version;
+	out->version = out->has_version ? row->version : 0;
+	if (out->status == IDEM_DUPLICATE)
+		replay(req, row, out);
 	return false;
 }
 
@@ -196,15 +189,26 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	row.policy = req->policy;
 	row.has_version = req->has_version;
 	row.version = req->version;
-	row.has_fingerprint = (req->stmt != NULL);
-	row.fingerprint = req->fingerprint;
+	row.has_fingerprint = false;
+	row.has_legacy_fingerprint = false;
+	if (req->stmt != NULL && ledger_stores_fingerprint())
+	{
+		row.has_fingerprint = true;
+		row.fingerprint = req->fingerprint;
+	}
+	else if (req->stmt != NULL)
+	{
+		/* a ledger not updated to 1.2 yet keeps 1.1's identity */
+		row.has_legacy_fingerprint = true;
+		row.legacy_fingerprint = statement_legacy_fingerprint(req->stmt);
+	}
 	row.has_rows = false;
 	row.rows = 0;
 	row.result = NULL;
-	ledger_stamp_row(&row);
+	ledger_stamp_row(&row, req->scope, req->key);
 
-	/* Let go of the probed ledger page while the statement runs. */
-	ExecClearTuple(ledger->slot);
+	/* Let go of the probed ledger pages while the statement runs. */
+	ledger_end_probe(ledger);
 
 	if (req->stmt != NULL)
 	{
@@ -213,11 +217,11 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 	}
 
 	if (found == NULL)
-		ledger_insert(ledger, req->key, &row);
+		ledger_insert(ledger, req->scope, req->key, &row);
 	else
 	{
 		row.tid = found->tid;
-		ledger_update(ledger, req->key, &row);
+		ledger_update(ledger, req->scope, req->key, &row);
 	}
 
 	out->has_rows = row.has_rows;
@@ -240,21 +244,21 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 	bool		locked = false;
 
 	memset(out, 0, sizeof(IdemOutcome));
-	idem_check_not_applying(req->key);
+	idem_check_not_applying(req->scope, req->key);
 	ledger_open(&ledger);
 
 	for (;;)
 	{
 		LedgerRow	row;
 		LedgerWriter writer;
-		LedgerProbe probe = ledger_probe(&ledger, req->key, &row, &writer);
+		LedgerProbe probe = ledger_probe(&ledger, req->scope, req->key, &row, &writer);
 
 		if (probe == LEDGER_BUSY)
 		{
 			/* Never hold the key's lock while waiting for its writer. */
 			if (locked)
 			{
-				ledger_unlock_key(req->key);
+				ledger_unlock_key(req->scope, req->key);
 				locked = false;
 			}
 			if (!idem_wait)
@@ -274,7 +278,7 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 		if (!locked)
 		{
 			/* Lock, then probe again: someone may have applied meanwhile. */
-			if (!ledger_lock_key(req->key, idem_wait))
+			if (!ledger_lock_key(req->scope, req->key, idem_wait))
 			{
 				in_progress(out);
 				break;
@@ -288,6 +292,6 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 	}
 
 	if (locked)
-		ledger_unlock_key(req->key);
+		ledger_unlock_key(req->scope, req->key);
 	ledger_close(&ledger);
 }

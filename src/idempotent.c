@@ -1,6 +1,6 @@
 /*
  * idempotent.c
- *	  Module entry: settings, and the SQL-callable functions idem_apply,
+ *	  Module entry, and the SQL-callable functions idem_apply,
  *	  idem_apply_next, idem_upsert and idem_claim.
  *
  * Each function checks its arguments, builds a request and hands it to
@@ -31,59 +31,10 @@ void		_PG_init(void);
 #define ARG_STATEMENT	2
 #define ARG_FIRST_PARAM 3
 
-/* Largest key a btree entry holds comfortably, with room to spare. */
-#define MAX_KEY_BYTES_LIMIT 2000
-
-bool		idem_wait = true;
-bool		idem_check_fingerprint = true;
-int			idem_max_key_bytes = 512;
-int			idem_max_result_bytes = 65536;
-int			idem_ttl = 0;
-
 void
 _PG_init(void)
 {
-	DefineCustomBoolVariable("idempotent.wait",
-							 "Wait for another transaction that is applying the same key.",
-							 "When off, a call on a key that another transaction is applying returns status in_progress at once.",
-							 &idem_wait, true, PGC_USERSET, 0,
-							 NULL, NULL, NULL);
-	DefineCustomBoolVariable("idempotent.check_fingerprint",
-							 "Check that a duplicate repeats the original statement and arguments.",
-							 NULL,
-							 &idem_check_fingerprint, true, PGC_USERSET, 0,
-							 NULL, NULL, NULL);
-	DefineCustomIntVariable("idempotent.max_key_bytes",
-							"Longest key accepted, in bytes.",
-							NULL,
-							&idem_max_key_bytes, 512, 1, MAX_KEY_BYTES_LIMIT,
-							PGC_SUSET, GUC_UNIT_BYTE,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("idempotent.max_result_bytes",
-							"Largest statement result stored in the ledger, in bytes of jsonb.",
-							NULL,
-							&idem_max_result_bytes, 65536, 0, MaxAllocSize / 4,
-							PGC_SUSET, GUC_UNIT_BYTE,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("idempotent.ttl",
-							"How long a key applied now is remembered; 0 keeps it forever.",
-							"An expired key counts as absent for every policy, whether or not it was purged yet.",
-							&idem_ttl, 0, 0, INT_MAX,
-							PGC_USERSET, GUC_UNIT_S,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("idempotent.purge_interval",
-							"Time between the purge worker's rounds over all databases; 0 stops it.",
-							"Only with the library in shared_preload_libraries.",
-							&idem_purge_interval, 60, 0, INT_MAX / 1000,
-							PGC_SIGHUP, GUC_UNIT_S,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("idempotent.purge_batch",
-							"Expired keys the purge worker deletes per transaction.",
-							"Small batches keep the waits of calls on keys being purged short.",
-							&idem_purge_batch, 1000, 1, INT_MAX,
-							PGC_SIGHUP, 0,
-							NULL, NULL, NULL);
-	MarkGUCPrefixReserved("idempotent");
+	idem_define_settings();
 
 	if (process_shared_preload_libraries_in_progress)
 	{
@@ -123,15 +74,17 @@ idem_key_arg(FunctionCallInfo fcinfo)
 static void
 get_version(FunctionCallInfo fcinfo, IdemRequest *req)
 {
+	bool		takes_version = idem_policy_takes_version(req->policy);
+
 	req->has_version = !PG_ARGISNULL(ARG_VERSION);
 	req->version = req->has_version ? PG_GETARG_INT64(ARG_VERSION) : 0;
 
-	if (req->policy == IDEM_ONCE && req->has_version)
+	if (!takes_version && req->has_version)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("policy \"once\" takes no version"),
+				 errmsg("policy \"%s\" takes no version", idem_policy_name(req->policy)),
 				 errhint("Pass NULL as the version, or use policy \"newer\".")));
-	if (req->policy != IDEM_ONCE && !req->has_version)
+	if (takes_version && !req->has_version)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("version must not be null for policy \"%s\"",
@@ -219,24 +172,6 @@ get_statement(FunctionCallInfo fcinfo)
 	return stmt;
 }
 
-static const char *
-status_name(IdemStatus status)
-{
-	switch (status)
-	{
-		case IDEM_APPLIED:
-			return "applied";
-		case IDEM_DUPLICATE:
-			return "duplicate";
-		case IDEM_STALE:
-			return "stale";
-		case IDEM_GAP:
-			return "gap";
-		case IDEM_IN_PROGRESS:
-			return "in_progress";
-	}
-	return "unknown";
-}
 
 /* Execute the request and return its outcome as an idem_outcome row. */
 static Datum
@@ -287,7 +222,7 @@ run_request(FunctionCallInfo fcinfo, IdemRequest *req)
 		idem_stats_count(req->policy, out.status, elapsed);
 	}
 
-	values[0] = CStringGetTextDatum(status_name(out.status));
+	values[0] = CStringGetTextDatum(idem_status_name(out.status));
 	nulls[0] = false;
 	values[1] = BoolGetDatum(out.status == IDEM_APPLIED);
 	nulls[1] = false;
@@ -310,6 +245,7 @@ apply_with_policy(FunctionCallInfo fcinfo, IdemPolicy policy)
 	IdemRequest req;
 
 	req.key = idem_key_arg(fcinfo);
+	req.scope = idem_current_scope();
 	req.policy = policy;
 	get_version(fcinfo, &req);
 	req.stmt = get_statement(fcinfo);
@@ -338,23 +274,6 @@ idem_upsert(PG_FUNCTION_ARGS)
 	return apply_with_policy(fcinfo, IDEM_UPSERT);
 }
 
-IdemPolicy
-idem_parse_policy(const char *name)
-{
-	if (strcmp(name, "once") == 0)
-		return IDEM_ONCE;
-	if (strcmp(name, "newer") == 0)
-		return IDEM_NEWER;
-	if (strcmp(name, "next") == 0)
-		return IDEM_NEXT;
-	if (strcmp(name, "upsert") == 0)
-		return IDEM_UPSERT;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown policy \"%s\"", name),
-			 errhint("The policies are once, newer, next and upsert.")));
-	pg_unreachable();
-}
 
 PG_FUNCTION_INFO_V1(idem_claim);
 /* idem_claim(key, version, policy): record the key without a statement */
@@ -364,6 +283,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	IdemRequest req;
 
 	req.key = idem_key_arg(fcinfo);
+	req.scope = idem_current_scope();
 	if (!PG_ARGISNULL(2))
 		req.policy = idem_parse_policy(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	else

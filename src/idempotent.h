@@ -2,9 +2,11 @@
  * idempotent.h
  *	  Types and settings shared by the parts of the idempotent extension.
  *
- * A request names a key, a policy and (for versioned policies) a version;
- * apply.c decides its outcome against the ledger (ledger.c) and runs the
- * caller's statement (statement.c) when the outcome is "applied".
+ * A request names a scope, a key, a policy and (for versioned policies) a
+ * version; apply.c decides its outcome against the ledger (ledger.c) and
+ * runs the caller's statement (statement.c) when the outcome is "applied".
+ * Policies and statuses are described once, in policy.c; settings once, in
+ * settings.c.
  */
 #ifndef IDEMPOTENT_H
 #define IDEMPOTENT_H
@@ -25,13 +27,15 @@ typedef enum IdemPolicy
 	IDEM_UPSERT = 'u'			/* run when version >= stored */
 } IdemPolicy;
 
+/* Outcomes of a call; names and statistics columns are in policy.c. */
 typedef enum IdemStatus
 {
 	IDEM_APPLIED,
 	IDEM_DUPLICATE,
 	IDEM_STALE,
 	IDEM_GAP,
-	IDEM_IN_PROGRESS
+	IDEM_IN_PROGRESS,
+	IDEM_NSTATUSES
 } IdemStatus;
 
 /* The caller's statement with its bound arguments. */
@@ -50,12 +54,14 @@ typedef struct IdemStatement
 /* One call: what the caller asked for. */
 typedef struct IdemRequest
 {
+	text	   *scope;			/* checked by idem_current_scope() */
 	text	   *key;
 	IdemPolicy	policy;
 	bool		has_version;
 	int64		version;
 	IdemStatement *stmt;		/* NULL for idem_claim */
-	int64		fingerprint;	/* of stmt; meaningless when stmt is NULL */
+	int64		fingerprint;	/* request identity of stmt (by value);
+								 * meaningless when stmt is NULL */
 } IdemRequest;
 
 /* One call: what happened (the SQL type idem_outcome). */
@@ -71,23 +77,35 @@ typedef struct IdemOutcome
 	Jsonb	   *result;			/* NULL when none */
 } IdemOutcome;
 
-/* settings (idempotent.*) */
+/* settings (idempotent.*), settings.c */
 extern bool idem_wait;
 extern bool idem_check_fingerprint;
 extern int	idem_max_key_bytes;
 extern int	idem_max_result_bytes;
 extern int	idem_ttl;
+extern char *idem_scope;
+extern void idem_define_settings(void);
+
+/* policy.c */
+extern IdemPolicy idem_parse_policy(const char *name);
+extern const char *idem_policy_name(IdemPolicy policy);
+extern bool idem_policy_takes_version(IdemPolicy policy);
+extern int	idem_policy_index(IdemPolicy policy);
+extern IdemStatus idem_policy_decide(IdemPolicy policy, bool found, int64 stored,
+									 int64 version);
+extern const char *idem_status_name(IdemStatus status);
+
+#define IDEM_NPOLICIES 4
 
 /* apply.c */
 extern void idem_execute(const IdemRequest *req, IdemOutcome *out);
-extern const char *idem_policy_name(IdemPolicy policy);
+extern bool idem_key_is_applying(text *scope, text *key);
+extern void idem_check_not_applying(text *scope, text *key);
+
+/* scope.c */
+extern text *idem_current_scope(void);
 
 /* idempotent.c */
-extern IdemPolicy idem_parse_policy(const char *name);
 extern text *idem_key_arg(FunctionCallInfo fcinfo);
-
-/* apply.c */
-extern bool idem_key_is_applying(text *key);
-extern void idem_check_not_applying(text *key);
 
 #endif							/* IDEMPOTENT_H */

@@ -27,6 +27,7 @@
 #include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
 #include "nodes/primnodes.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
@@ -45,17 +46,47 @@
 
 #include "ledger.h"
 
-/* Columns of idem_ledger, in the order the install script creates them. */
-#define Anum_ledger_applied_at	1
-#define Anum_ledger_version		2
-#define Anum_ledger_rows		3
-#define Anum_ledger_fingerprint 4
-#define Anum_ledger_policy		5
-#define Anum_ledger_key			6
-#define Anum_ledger_result		7
-#define Anum_ledger_expires_at	8	/* since version 1.1 */
-#define Natts_ledger			8
-#define Natts_ledger_1_0		7
+/*
+ * The ledger's columns, found by name and type when the cache is filled, so
+ * that their order in the table does not matter.  A new column is added
+ * here, to LedgerRow (ledger.h), and to row_from_slot() and form_row(); an
+ * upgrade script adds it to the table.  Columns that a version after 1.0
+ * added may be missing: the library serves a ledger that was not updated
+ * yet, without what the missing columns hold.
+ */
+typedef enum LedgerColumn
+{
+	COL_APPLIED_AT,
+	COL_VERSION,
+	COL_ROWS,
+	COL_FINGERPRINT,
+	COL_POLICY,
+	COL_KEY,
+	COL_RESULT,
+	COL_EXPIRES_AT,
+	COL_SCOPE,
+	COL_LEGACY_FINGERPRINT,
+	NCOLUMNS
+} LedgerColumn;
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+	bool		optional;		/* added after 1.0 */
+}			columns[NCOLUMNS] =
+{
+	[COL_APPLIED_AT] = {"applied_at", TIMESTAMPTZOID, false},
+	[COL_VERSION] = {"version", INT8OID, false},
+	[COL_ROWS] = {"rows", INT8OID, false},
+	[COL_FINGERPRINT] = {"request_hash", INT8OID, true},	/* 1.2 */
+	[COL_POLICY] = {"policy", CHAROID, false},
+	[COL_KEY] = {"key", TEXTOID, false},
+	[COL_RESULT] = {"result", JSONBOID, false},
+	[COL_EXPIRES_AT] = {"expires_at", TIMESTAMPTZOID, true},	/* 1.1 */
+	[COL_SCOPE] = {"scope", TEXTOID, true},	/* 1.2 */
+	[COL_LEGACY_FINGERPRINT] = {"fingerprint", INT8OID, false},	/* as 1.0 and 1.1 hashed */
+};
 
 /* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
 #define IDEM_KEY_LOCK_CLASS		0x1DE
@@ -79,11 +110,15 @@ static struct
 	bool		valid;
 	Oid			heap;
 	Oid			pkey;
+	int			pkey_natts;		/* 2: (key, scope); 1: (key), before 1.2 */
 	Oid			expiry;			/* may stay invalid: schema 1.0 */
+	AttrNumber	attnum[NCOLUMNS];	/* 0: the column is missing */
 	int			nindexes;
 	LedgerIndex *indexes;		/* every index, the primary key included */
 	MemoryContext cxt;			/* holds indexes */
 } cache;
+
+static void resolve_columns(Relation heap, Relation pkey);
 
 static void
 ledger_relcache_callback(Datum arg, Oid relid)
@@ -197,6 +232,8 @@ cache_ledger_indexes(Oid heap_oid)
 							RelationGetRelationName(index)),
 					 errdetail("The extension maintains plain-column indexes on the ledger, partial ones only on IS NOT NULL conditions."),
 					 errhint("Drop the index.")));
+		if (RelationGetRelid(index) == cache.pkey)
+			resolve_columns(heap, index);
 		cache.indexes[n].oid = RelationGetRelid(index);
 		cache.indexes[n].info = info;
 		n++;
@@ -204,7 +241,71 @@ cache_ledger_indexes(Oid heap_oid)
 	}
 	cache.nindexes = n;
 	list_free(indexes);
+	if (cache.pkey_natts == 0)
+		elog(ERROR, "primary key of the ledger is not among its indexes");
 	table_close(heap, NoLock);
+}
+
+static void
+refuse_ledger(const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("ledger of extension \"idempotent\" does not have the expected columns"),
+			 errdetail_internal("%s", detail),
+			 errhint("Run ALTER EXTENSION idempotent UPDATE, or drop and create the extension again.")));
+}
+
+/*
+ * Find each column of the ledger by name and check its type; refuse a ledger
+ * with a required column missing, a column of another type, or a column the
+ * extension does not know (it would be written as NULL).  Also check that the
+ * primary key is on (key, scope), or on (key) before 1.2.
+ */
+static void
+resolve_columns(Relation heap, Relation pkey)
+{
+	TupleDesc	desc = RelationGetDescr(heap);
+	Form_pg_index index = pkey->rd_index;
+
+	memset(cache.attnum, 0, sizeof(cache.attnum));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		int			c;
+
+		if (att->attisdropped)
+			continue;
+		for (c = 0; c < NCOLUMNS; c++)
+			if (strcmp(NameStr(att->attname), columns[c].name) == 0)
+				break;
+		if (c == NCOLUMNS)
+			refuse_ledger(psprintf("Column \"%s\" is not one of the extension's.",
+								   NameStr(att->attname)));
+		if (att->atttypid != columns[c].type)
+			refuse_ledger(psprintf("Column \"%s\" has type %s, not %s.",
+								   columns[c].name, format_type_be(att->atttypid),
+								   format_type_be(columns[c].type)));
+		cache.attnum[c] = att->attnum;
+	}
+	for (int c = 0; c < NCOLUMNS; c++)
+		if (cache.attnum[c] == 0 && !columns[c].optional)
+			refuse_ledger(psprintf("Column \"%s\" is missing.", columns[c].name));
+
+	cache.pkey_natts = index->indnkeyatts;
+	if (!index->indisunique ||
+		index->indkey.values[0] != cache.attnum[COL_KEY] ||
+		(cache.pkey_natts == 2 ?
+		 (cache.attnum[COL_SCOPE] == 0 || index->indkey.values[1] != cache.attnum[COL_SCOPE]) :
+		 (cache.pkey_natts != 1 || cache.attnum[COL_SCOPE] != 0)))
+		refuse_ledger("Index \"idem_ledger_pkey\" must be a unique index on (key, scope).");
+}
+
+/* Whether the ledger stores request identities by value (version 1.2 on). */
+bool
+ledger_stores_fingerprint(void)
+{
+	return cache.attnum[COL_FINGERPRINT] != 0;
 }
 
 /* Fill the cache: idem_ledger and its indexes, in the extension's schema. */
@@ -254,6 +355,7 @@ ledger_lookup(void)
 		{
 			MemoryContextReset(cache.cxt);
 			cache.nindexes = 0;
+			cache.pkey_natts = 0;
 			cache.valid = true;	/* unless an invalidation comes meanwhile */
 			lookup_relations();
 		} while (!cache.valid);
@@ -297,21 +399,26 @@ ledger_open(Ledger *ledger)
 	ledger->index = index_open(cache.pkey, RowExclusiveLock);
 	ledger->slot = table_slot_create(ledger->heap, NULL);
 	ledger->scan = NULL;
-	/* Version 1.0's ledger lacks expires_at; it keeps working, without a TTL. */
-	if (RelationGetDescr(ledger->heap)->natts != Natts_ledger &&
-		RelationGetDescr(ledger->heap)->natts != Natts_ledger_1_0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("ledger of extension \"idempotent\" has %d columns, not %d",
-						RelationGetDescr(ledger->heap)->natts, Natts_ledger),
-				 errhint("Drop and create the extension again.")));
+}
+
+/*
+ * Let go of the index page and the heap buffer the last probe pinned: a
+ * statement that runs next, however long, must not hold up VACUUM's cleanup
+ * of the ledger.  The next probe begins a new scan.
+ */
+void
+ledger_end_probe(Ledger *ledger)
+{
+	ExecClearTuple(ledger->slot);
+	if (ledger->scan != NULL)
+		index_endscan(ledger->scan);
+	ledger->scan = NULL;
 }
 
 void
 ledger_close(Ledger *ledger)
 {
-	if (ledger->scan != NULL)
-		index_endscan(ledger->scan);
+	ledger_end_probe(ledger);
 	ExecDropSingleTupleTableSlot(ledger->slot);
 	index_close(ledger->index, NoLock);
 	table_close(ledger->heap, NoLock);
@@ -341,32 +448,43 @@ check_snapshot_conflict(TupleTableSlot *slot, text *key)
 				 errhint("The transaction might succeed if retried.")));
 }
 
+/* A column's value in a slot whose attributes are all deformed; null if missing. */
+static inline Datum
+slot_column(TupleTableSlot *slot, LedgerColumn c, bool *isnull)
+{
+	AttrNumber	attnum = cache.attnum[c];
+
+	*isnull = (attnum == 0 || slot->tts_isnull[attnum - 1]);
+	return *isnull ? (Datum) 0 : slot->tts_values[attnum - 1];
+}
+
 static void
 row_from_slot(TupleTableSlot *slot, LedgerRow *row)
 {
-	Datum	   *values;
-	bool	   *nulls;
+	Datum		value;
+	bool		isnull;
 
 	slot_getallattrs(slot);
-	values = slot->tts_values;
-	nulls = slot->tts_isnull;
-
 	row->tid = slot->tts_tid;
-	row->applied_at = DatumGetTimestampTz(values[Anum_ledger_applied_at - 1]);
-	row->has_version = !nulls[Anum_ledger_version - 1];
-	row->version = row->has_version ? DatumGetInt64(values[Anum_ledger_version - 1]) : 0;
-	row->has_rows = !nulls[Anum_ledger_rows - 1];
-	row->rows = row->has_rows ? DatumGetInt64(values[Anum_ledger_rows - 1]) : 0;
-	row->has_fingerprint = !nulls[Anum_ledger_fingerprint - 1];
-	row->fingerprint = row->has_fingerprint ?
-		DatumGetInt64(values[Anum_ledger_fingerprint - 1]) : 0;
-	row->policy = (IdemPolicy) DatumGetChar(values[Anum_ledger_policy - 1]);
-	row->result = nulls[Anum_ledger_result - 1] ? NULL :
-		(Jsonb *) DatumGetPointer(values[Anum_ledger_result - 1]);
-	row->has_expiry = slot->tts_tupleDescriptor->natts >= Anum_ledger_expires_at &&
-		!nulls[Anum_ledger_expires_at - 1];
-	row->expires_at = row->has_expiry ?
-		DatumGetTimestampTz(values[Anum_ledger_expires_at - 1]) : 0;
+	row->applied_at = DatumGetTimestampTz(slot_column(slot, COL_APPLIED_AT, &isnull));
+	value = slot_column(slot, COL_VERSION, &isnull);
+	row->has_version = !isnull;
+	row->version = isnull ? 0 : DatumGetInt64(value);
+	value = slot_column(slot, COL_ROWS, &isnull);
+	row->has_rows = !isnull;
+	row->rows = isnull ? 0 : DatumGetInt64(value);
+	value = slot_column(slot, COL_FINGERPRINT, &isnull);
+	row->has_fingerprint = !isnull;
+	row->fingerprint = isnull ? 0 : DatumGetInt64(value);
+	value = slot_column(slot, COL_LEGACY_FINGERPRINT, &isnull);
+	row->has_legacy_fingerprint = !isnull;
+	row->legacy_fingerprint = isnull ? 0 : DatumGetInt64(value);
+	row->policy = (IdemPolicy) DatumGetChar(slot_column(slot, COL_POLICY, &isnull));
+	value = slot_column(slot, COL_RESULT, &isnull);
+	row->result = isnull ? NULL : (Jsonb *) DatumGetPointer(value);
+	value = slot_column(slot, COL_EXPIRES_AT, &isnull);
+	row->has_expiry = !isnull;
+	row->expires_at = isnull ? 0 : DatumGetTimestampTz(value);
 }
 
 /*
@@ -375,35 +493,58 @@ row_from_slot(TupleTableSlot *slot, LedgerRow *row)
  * dirty probe alone would let write skew on keys go unnoticed.
  */
 static void
-predicate_lock_key(Ledger *ledger, ScanKey skey, TupleTableSlot *slot)
+predicate_lock_key(Ledger *ledger, ScanKey skey, int nkeys, TupleTableSlot *slot)
 {
 	IndexScanDesc scan = index_beginscan(ledger->heap, ledger->index,
-										 GetTransactionSnapshot(), 1, 0);
+										 GetTransactionSnapshot(), nkeys, 0);
 
-	index_rescan(scan, skey, 1, NULL, 0);
+	index_rescan(scan, skey, nkeys, NULL, 0);
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 		;
 	index_endscan(scan);
 }
 
+/* The scan keys that find (scope, key) in the primary key; returns how many. */
+static int
+key_scankeys(ScanKey skey, text *scope, text *key)
+{
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(key));
+	if (cache.pkey_natts == 1)
+	{
+		if (VARSIZE_ANY_EXHDR(scope) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("scopes need version 1.2 of extension \"idempotent\""),
+					 errdetail("This database's ledger has no scope column."),
+					 errhint("Run ALTER EXTENSION idempotent UPDATE, or set idempotent.scope to ''.")));
+		return 1;
+	}
+	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(scope));
+	return 2;
+}
+
+/*
+ * Look (scope, key) up with a dirty snapshot.  The scan stays open, its leaf
+ * page pinned, until ledger_end_probe() or ledger_close().
+ */
 LedgerProbe
-ledger_probe(Ledger *ledger, text *key, LedgerRow *row, LedgerWriter *writer)
+ledger_probe(Ledger *ledger, text *scope, text *key, LedgerRow *row,
+			 LedgerWriter *writer)
 {
 	SnapshotData *dirty = &ledger->dirty;
-	ScanKeyData skey;
+	ScanKeyData skey[2];
+	int			nkeys = key_scankeys(skey, scope, key);
 	TupleTableSlot *slot = ledger->slot;
 	LedgerProbe result = LEDGER_ABSENT;
 
-	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ,
-				PointerGetDatum(key));
 	if (IsolationIsSerializable())
-		predicate_lock_key(ledger, &skey, slot);
+		predicate_lock_key(ledger, skey, nkeys, slot);
 	if (ledger->scan == NULL)
 	{
 		InitDirtySnapshot(*dirty);
-		ledger->scan = index_beginscan(ledger->heap, ledger->index, dirty, 1, 0);
+		ledger->scan = index_beginscan(ledger->heap, ledger->index, dirty, nkeys, 0);
 	}
-	index_rescan(ledger->scan, &skey, 1, NULL, 0);
+	index_rescan(ledger->scan, skey, nkeys, NULL, 0);
 
 	/* The dirty snapshot reports who is inserting or deleting a row. */
 	if (index_getnext_slot(ledger->scan, ForwardScanDirection, slot))
@@ -432,16 +573,106 @@ ledger_row_expired(const LedgerRow *row)
 }
 
 /*
+ * Expiry counts from the commit of the transaction that writes a key, so
+ * that a key is never born expired however long that transaction runs.  A
+ * row is stamped to expire idempotent.ttl plus EXPIRY_GRACE after it is
+ * written; if the transaction is still running EXPIRY_GRACE later, its keys
+ * are stamped again just before it commits.  Short transactions, the usual
+ * case, write each key once.  The keys to stamp again are listed in
+ * TopTransactionContext.
+ */
+#define EXPIRY_GRACE_US		USECS_PER_SEC
+
+typedef struct StampedKey
+{
+	text	   *scope;
+	text	   *key;
+} StampedKey;
+
+static List *stamped_keys = NIL;
+static TimestampTz first_stamp = 0;
+static bool expiry_callback_registered = false;
+
+/* Stamp the rows this transaction wrote with a TTL again, counting from now. */
+static void
+restamp_keys(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Ledger		ledger;
+	ListCell   *lc;
+
+	if (now - first_stamp <= EXPIRY_GRACE_US)
+		return;
+	ledger_open(&ledger);
+	foreach(lc, stamped_keys)
+	{
+		StampedKey *sk = lfirst(lc);
+		LedgerRow	row;
+		LedgerWriter writer;
+		HeapTuple	tuple;
+
+		if (ledger_probe(&ledger, sk->scope, sk->key, &row, &writer) != LEDGER_FOUND ||
+			!row.has_expiry)
+			continue;
+		tuple = ExecFetchSlotHeapTuple(ledger.slot, false, NULL);
+		if (!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data)))
+			continue;
+		row.expires_at += now - first_stamp;	/* the same TTL, from now */
+		ledger_update(&ledger, sk->scope, sk->key, &row);
+	}
+	ledger_close(&ledger);
+}
+
+static void
+expiry_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (stamped_keys != NIL)
+				restamp_keys();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			stamped_keys = NIL;	/* its memory goes with the transaction */
+			break;
+		default:
+			break;
+	}
+}
+
+/*
  * Stamp a row about to be written: applied now (the transaction's start),
- * expiring after idempotent.ttl if one is set.
+ * expiring idempotent.ttl after its commit if a TTL is set (see above).
  */
 void
-ledger_stamp_row(LedgerRow *row)
+ledger_stamp_row(LedgerRow *row, text *scope, text *key)
 {
+	MemoryContext old;
+	StampedKey *sk;
+
 	row->applied_at = GetCurrentTransactionStartTimestamp();
 	row->has_expiry = (idem_ttl > 0);
-	row->expires_at = row->has_expiry ?
-		row->applied_at + (TimestampTz) idem_ttl * USECS_PER_SEC : 0;
+	row->expires_at = 0;
+	if (!row->has_expiry)
+		return;
+
+	if (!expiry_callback_registered)
+	{
+		RegisterXactCallback(expiry_xact_callback, NULL);
+		expiry_callback_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	if (stamped_keys == NIL)
+		first_stamp = GetCurrentTimestamp();
+	sk = palloc(sizeof(StampedKey));
+	sk->scope = DatumGetTextPCopy(PointerGetDatum(scope));
+	sk->key = DatumGetTextPCopy(PointerGetDatum(key));
+	stamped_keys = lappend(stamped_keys, sk);
+	MemoryContextSwitchTo(old);
+	row->expires_at = first_stamp + (TimestampTz) idem_ttl * USECS_PER_SEC + EXPIRY_GRACE_US;
 }
 
 /* Wait until the transaction writing a busy key has ended. */
@@ -454,66 +685,93 @@ ledger_wait(Ledger *ledger, const LedgerWriter *writer)
 		XactLockTableWait(writer->xid, ledger->heap, NULL, XLTW_None);
 }
 
+/* The lock tag of (scope, key); the shared scope's keys hash as in 1.1. */
 static void
-key_locktag(LOCKTAG *tag, text *key)
+key_locktag(LOCKTAG *tag, text *scope, text *key)
 {
 	uint64		hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
 										   VARSIZE_ANY_EXHDR(key), 0);
 
+	if (VARSIZE_ANY_EXHDR(scope) > 0)
+		hash = hash_combine64(hash,
+							  hash_bytes_extended((const unsigned char *) VARDATA_ANY(scope),
+												  VARSIZE_ANY_EXHDR(scope), 0));
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (hash >> 32),
 						 (uint32) hash, IDEM_KEY_LOCK_CLASS);
 }
 
 /* Take the writers' lock on a key; false if busy and we may not wait. */
 bool
-ledger_lock_key(text *key, bool wait)
+ledger_lock_key(text *scope, text *key, bool wait)
 {
 	LOCKTAG		tag;
 
-	key_locktag(&tag, key);
+	key_locktag(&tag, scope, key);
 	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 void
-ledger_unlock_key(text *key)
+ledger_unlock_key(text *scope, text *key)
 {
 	LOCKTAG		tag;
 
-	key_locktag(&tag, key);
+	key_locktag(&tag, scope, key);
 	LockRelease(&tag, ExclusiveLock, false);
 }
 
-static HeapTuple
-form_row(Ledger *ledger, text *key, const LedgerRow *row)
+/* Set a column's value in arrays laid out as the ledger's tuple descriptor. */
+static inline void
+set_column(Datum *values, bool *nulls, LedgerColumn c, Datum value, bool isnull)
 {
-	Datum		values[Natts_ledger];
-	bool		nulls[Natts_ledger];
+	AttrNumber	attnum = cache.attnum[c];
 
-	values[Anum_ledger_applied_at - 1] = TimestampTzGetDatum(row->applied_at);
-	nulls[Anum_ledger_applied_at - 1] = false;
-	values[Anum_ledger_version - 1] = Int64GetDatum(row->version);
-	nulls[Anum_ledger_version - 1] = !row->has_version;
-	values[Anum_ledger_rows - 1] = Int64GetDatum(row->rows);
-	nulls[Anum_ledger_rows - 1] = !row->has_rows;
-	values[Anum_ledger_fingerprint - 1] = Int64GetDatum(row->fingerprint);
-	nulls[Anum_ledger_fingerprint - 1] = !row->has_fingerprint;
-	values[Anum_ledger_policy - 1] = CharGetDatum((char) row->policy);
-	nulls[Anum_ledger_policy - 1] = false;
-	values[Anum_ledger_key - 1] = PointerGetDatum(key);
-	nulls[Anum_ledger_key - 1] = false;
-	values[Anum_ledger_result - 1] = PointerGetDatum(row->result);
-	nulls[Anum_ledger_result - 1] = (row->result == NULL);
-	values[Anum_ledger_expires_at - 1] = TimestampTzGetDatum(row->expires_at);
-	nulls[Anum_ledger_expires_at - 1] = !row->has_expiry;
-	if (row->has_expiry &&
-		RelationGetDescr(ledger->heap)->natts < Anum_ledger_expires_at)
+	if (attnum == 0)
+		return;
+	values[attnum - 1] = value;
+	nulls[attnum - 1] = isnull;
+}
+
+/*
+ * The heap tuple of a row, in CurrentMemoryContext.  A row that needs a
+ * column the ledger lacks (expires_at before 1.1, scope before 1.2) is
+ * refused: it would be written without what it needs.
+ */
+static HeapTuple
+form_row(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
+{
+	TupleDesc	desc = RelationGetDescr(ledger->heap);
+	Datum	   *values = palloc(desc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(desc->natts * sizeof(bool));
+	HeapTuple	tuple;
+
+	if (row->has_expiry && cache.attnum[COL_EXPIRES_AT] == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("idempotent.ttl needs version 1.1 of extension \"idempotent\""),
 				 errdetail("This database has version 1.0, whose ledger has no expiry."),
 				 errhint("Run ALTER EXTENSION idempotent UPDATE, or set idempotent.ttl to 0.")));
-
-	return heap_form_tuple(RelationGetDescr(ledger->heap), values, nulls);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		values[i] = (Datum) 0;
+		nulls[i] = true;
+	}
+	set_column(values, nulls, COL_APPLIED_AT, TimestampTzGetDatum(row->applied_at), false);
+	set_column(values, nulls, COL_VERSION, Int64GetDatum(row->version), !row->has_version);
+	set_column(values, nulls, COL_ROWS, Int64GetDatum(row->rows), !row->has_rows);
+	set_column(values, nulls, COL_FINGERPRINT, Int64GetDatum(row->fingerprint),
+			   !row->has_fingerprint);
+	set_column(values, nulls, COL_LEGACY_FINGERPRINT, Int64GetDatum(row->legacy_fingerprint),
+			   !row->has_legacy_fingerprint);
+	set_column(values, nulls, COL_POLICY, CharGetDatum((char) row->policy), false);
+	set_column(values, nulls, COL_KEY, PointerGetDatum(key), false);
+	set_column(values, nulls, COL_SCOPE, PointerGetDatum(scope), false);
+	set_column(values, nulls, COL_RESULT, PointerGetDatum(row->result), row->result == NULL);
+	set_column(values, nulls, COL_EXPIRES_AT, TimestampTzGetDatum(row->expires_at),
+			   !row->has_expiry);
+	tuple = heap_form_tuple(desc, values, nulls);
+	pfree(values);
+	pfree(nulls);
+	return tuple;
 }
 
 /*
@@ -561,9 +819,9 @@ insert_index_entries(Ledger *ledger, HeapTuple tuple)
 
 /* Insert a new key; the caller holds the key's lock and saw it absent. */
 void
-ledger_insert(Ledger *ledger, text *key, const LedgerRow *row)
+ledger_insert(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
 {
-	HeapTuple	tuple = form_row(ledger, key, row);
+	HeapTuple	tuple = form_row(ledger, scope, key, row);
 
 	heap_insert(ledger->heap, tuple, GetCurrentCommandId(true), 0, NULL);
 	insert_index_entries(ledger, tuple);
@@ -577,9 +835,9 @@ ledger_insert(Ledger *ledger, text *key, const LedgerRow *row)
  * superuser) can have changed the row meanwhile.
  */
 void
-ledger_update(Ledger *ledger, text *key, const LedgerRow *row)
+ledger_update(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
 {
-	HeapTuple	tuple = form_row(ledger, key, row);
+	HeapTuple	tuple = form_row(ledger, scope, key, row);
 	ItemPointerData otid = row->tid;
 	TM_FailureData tmfd;
 	LockTupleMode lockmode;
@@ -641,12 +899,40 @@ ledger_delete(Ledger *ledger, ItemPointer tid, bool wait)
 	return false;
 }
 
+/* Whether the row in the slot belongs to scope (NULL: every scope). */
+static bool
+slot_in_scope(TupleTableSlot *slot, text *scope)
+{
+	bool		isnull;
+	text	   *row_scope;
+
+	if (scope == NULL)
+		return true;
+	if (cache.attnum[COL_SCOPE] == 0)
+		return VARSIZE_ANY_EXHDR(scope) == 0;
+	row_scope = DatumGetTextPP(slot_getattr(slot, cache.attnum[COL_SCOPE], &isnull));
+	return VARSIZE_ANY_EXHDR(row_scope) == VARSIZE_ANY_EXHDR(scope) &&
+		memcmp(VARDATA_ANY(row_scope), VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope)) == 0;
+}
+
+/* The scope of the row in the slot, for idem_key_is_applying(). */
+static text *
+slot_scope(TupleTableSlot *slot)
+{
+	bool		isnull;
+
+	if (cache.attnum[COL_SCOPE] == 0)
+		return cstring_to_text("");
+	return DatumGetTextPP(slot_getattr(slot, cache.attnum[COL_SCOPE], &isnull));
+}
+
 /*
- * Delete up to max_keys keys that expired by now, in the order of their
- * expiry, through the expiry index; returns how many were deleted.
+ * Delete up to max_keys keys of scope (NULL: of every scope) that expired by
+ * now, in the order of their expiry, through the expiry index; returns how
+ * many were deleted.
  */
 int64
-ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now)
+ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text *scope)
 {
 	Relation	index;
 	ScanKeyData skey;
@@ -677,9 +963,12 @@ ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now)
 		if (TransactionIdIsValid(ledger->dirty.xmin) ||
 			TransactionIdIsValid(ledger->dirty.xmax))
 			continue;
+		if (!slot_in_scope(ledger->slot, scope))
+			continue;
 		/* a key an enclosing call is applying is that call's to write */
-		if (idem_key_is_applying(DatumGetTextPP(slot_getattr(ledger->slot,
-															 Anum_ledger_key, &isnull))))
+		if (idem_key_is_applying(slot_scope(ledger->slot),
+								 DatumGetTextPP(slot_getattr(ledger->slot,
+															 cache.attnum[COL_KEY], &isnull))))
 			continue;
 		if (ledger_delete(ledger, &ledger->slot->tts_tid, false))
 			deleted++;

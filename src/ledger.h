@@ -14,7 +14,7 @@
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
 
-/* An open ledger: the heap, its unique index on key, and what probes reuse. */
+/* An open ledger: the heap, its unique index on (key, scope), and what probes reuse. */
 typedef struct Ledger
 {
 	Relation	heap;
@@ -34,7 +34,9 @@ typedef struct LedgerRow
 	bool		has_rows;
 	int64		rows;
 	bool		has_fingerprint;
-	int64		fingerprint;
+	int64		fingerprint;	/* request identity by value (1.2 on) */
+	bool		has_legacy_fingerprint;
+	int64		legacy_fingerprint; /* identity as 1.0 and 1.1 computed it */
 	TimestampTz applied_at;
 	Jsonb	   *result;			/* NULL when none; from a probe: possibly
 								 * toasted, valid until the next probe */
@@ -58,16 +60,18 @@ typedef struct LedgerWriter
 
 extern void ledger_open(Ledger *ledger);
 extern void ledger_close(Ledger *ledger);
-extern LedgerProbe ledger_probe(Ledger *ledger, text *key, LedgerRow *row,
-								LedgerWriter *writer);
+extern bool ledger_stores_fingerprint(void);
+extern LedgerProbe ledger_probe(Ledger *ledger, text *scope, text *key,
+								LedgerRow *row, LedgerWriter *writer);
+extern void ledger_end_probe(Ledger *ledger);
 extern void ledger_wait(Ledger *ledger, const LedgerWriter *writer);
-extern bool ledger_lock_key(text *key, bool wait);
-extern void ledger_unlock_key(text *key);
-extern void ledger_insert(Ledger *ledger, text *key, const LedgerRow *row);
-extern void ledger_update(Ledger *ledger, text *key, const LedgerRow *row);
+extern bool ledger_lock_key(text *scope, text *key, bool wait);
+extern void ledger_unlock_key(text *scope, text *key);
+extern void ledger_insert(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
+extern void ledger_update(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
 extern bool ledger_delete(Ledger *ledger, ItemPointer tid, bool wait);
-extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now);
+extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text *scope);
 extern bool ledger_row_expired(const LedgerRow *row);
-extern void ledger_stamp_row(LedgerRow *row);
+extern void ledger_stamp_row(LedgerRow *row, text *scope, text *key);
 
 #endif							/* IDEM_LEDGER_H */

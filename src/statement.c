@@ -29,6 +29,14 @@
 #include "utils/inval.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
+#include "utils/json.h"
+#include "utils/timestamp.h"
+#include "utils/numeric.h"
+#include "utils/array.h"
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "nodes/makefuncs.h"
+#include "utils/fmgroids.h"
 
 #include "statement.h"
 
@@ -158,6 +166,16 @@ syntax_error_context(void *arg)
 		errcontext("SQL statement \"%s\"", sql);
 }
 
+/* Whether a SELECT, or any branch of its set operations, has an INTO clause. */
+static bool
+select_has_into(SelectStmt *select)
+{
+	if (select == NULL)
+		return false;
+	return select->intoClause != NULL ||
+		select_has_into(select->larg) || select_has_into(select->rarg);
+}
+
 /*
  * The statement must be one command that runs inside the caller's
  * transaction.  Checked on the raw parse tree only: a duplicate must not
@@ -196,7 +214,13 @@ check_syntax(const IdemStatement *stmt)
 				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
 				 errmsg("transaction control is not allowed in the statement"),
 				 errdetail("The statement runs in the caller's transaction, which commits or rolls back the key with it.")));
-	if ((IsA(command, SelectStmt) && ((SelectStmt *) command)->intoClause == NULL) ||
+	if (IsA(command, SelectStmt) && select_has_into((SelectStmt *) command))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("SELECT INTO is not allowed as the statement"),
+				 errdetail("SELECT INTO creates a table; the statement must be a SELECT, INSERT, UPDATE, DELETE, MERGE or CALL."),
+				 errhint("To store rows in an existing table, use INSERT INTO ... SELECT.")));
+	if (IsA(command, SelectStmt) ||
 		IsA(command, InsertStmt) || IsA(command, UpdateStmt) ||
 		IsA(command, DeleteStmt) || IsA(command, MergeStmt) ||
 		IsA(command, CallStmt))
@@ -393,48 +417,190 @@ bind_params(const IdemStatement *stmt, const Prepared *prepared)
 }
 
 /*
- * Rows returned by the statement as a jsonb array of objects, copied into
- * context cxt.  A result over the limit is refused as soon as its text shows
- * it cannot fit.
+ * The rows a statement returns, streamed into a JSON array as the executor
+ * produces them: each row an object of its columns, each value converted as
+ * to_json() converts it.  Nothing is materialized and no row type is
+ * registered with the backend, whatever the result's shape; a result is
+ * refused as soon as its text shows it cannot fit idempotent.max_result_bytes.
+ * The text is kept in the caller's memory context; each row's conversions
+ * are made in a context reset after the row.
  */
-static Jsonb *
-rows_to_jsonb(SPITupleTable *tuptable, uint64 nrows, MemoryContext cxt)
+typedef struct ResultReceiver
 {
-	TupleDesc	desc = BlessTupleDesc(tuptable->tupdesc);
-	StringInfoData buf;
+	DestReceiver pub;
+	StringInfoData buf;			/* "[{...},{...}" so far */
+	uint64		nrows;
+	int			ncolumns;
+	AttrNumber *attnums;		/* columns shown (not dropped) */
+	char	  **names;			/* their names, as JSON strings followed by ':' */
+	FmgrInfo   *to_json;		/* to_json() bound to each column's type */
+	MemoryContext cxt;			/* the caller's: buf, and the above */
+	MemoryContext row_cxt;
+} ResultReceiver;
+
+/* Set up the conversion of each column of the result. */
+static void
+result_startup(DestReceiver *self, int operation, TupleDesc desc)
+{
+	ResultReceiver *r = (ResultReceiver *) self;
+	MemoryContext old = MemoryContextSwitchTo(r->cxt);
+
+	r->ncolumns = 0;
+	r->attnums = palloc(Max(desc->natts, 1) * sizeof(AttrNumber));
+	r->names = palloc(Max(desc->natts, 1) * sizeof(char *));
+	r->to_json = palloc(Max(desc->natts, 1) * sizeof(FmgrInfo));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		StringInfoData name;
+		FuncExpr   *call;
+
+		if (att->attisdropped)
+			continue;
+		initStringInfo(&name);
+		escape_json(&name, NameStr(att->attname));
+		appendStringInfoChar(&name, ':');
+		r->names[r->ncolumns] = name.data;
+		r->attnums[r->ncolumns] = att->attnum;
+		/* to_json() finds its argument's type in the call expression */
+		call = makeFuncExpr(F_TO_JSON, JSONOID,
+							list_make1(makeNullConst(att->atttypid, att->atttypmod,
+													 att->attcollation)),
+							InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+		fmgr_info_cxt(F_TO_JSON, &r->to_json[r->ncolumns], r->cxt);
+		fmgr_info_set_expr((Node *) call, &r->to_json[r->ncolumns]);
+		r->ncolumns++;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Append one row to the array; refuse the result once it is too large. */
+static bool
+result_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	ResultReceiver *r = (ResultReceiver *) self;
+	MemoryContext old = MemoryContextSwitchTo(r->row_cxt);
+
+	slot_getallattrs(slot);
+	appendStringInfoChar(&r->buf, r->nrows == 0 ? '[' : ',');
+	appendStringInfoChar(&r->buf, '{');
+	for (int c = 0; c < r->ncolumns; c++)
+	{
+		int			i = r->attnums[c] - 1;
+
+		if (c > 0)
+			appendStringInfoChar(&r->buf, ',');
+		appendStringInfoString(&r->buf, r->names[c]);
+		if (slot->tts_isnull[i])
+			appendStringInfoString(&r->buf, "null");
+		else
+		{
+			text	   *json = DatumGetTextPP(FunctionCall1(&r->to_json[c],
+															slot->tts_values[i]));
+
+			appendBinaryStringInfo(&r->buf, VARDATA_ANY(json), VARSIZE_ANY_EXHDR(json));
+		}
+	}
+	appendStringInfoChar(&r->buf, '}');
+	r->nrows++;
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(r->row_cxt);
+	if ((Size) r->buf.len > (Size) idem_max_result_bytes * 4)
+		result_too_large(r->buf.len, true);
+	return true;
+}
+
+static void
+result_shutdown(DestReceiver *self)
+{
+}
+
+static void
+result_destroy(DestReceiver *self)
+{
+}
+
+static void
+result_receiver_init(ResultReceiver *r, MemoryContext cxt)
+{
+	memset(r, 0, sizeof(ResultReceiver));
+	r->pub.receiveSlot = result_receive;
+	r->pub.rStartup = result_startup;
+	r->pub.rShutdown = result_shutdown;
+	r->pub.rDestroy = result_destroy;
+	r->pub.mydest = DestNone;
+	r->cxt = cxt;
+	r->row_cxt = AllocSetContextCreate(CurrentMemoryContext, "idempotent result row",
+									   ALLOCSET_SMALL_SIZES);
+	r->buf.data = MemoryContextAlloc(cxt, 1024);
+	r->buf.maxlen = 1024;
+	resetStringInfo(&r->buf);
+}
+
+/*
+ * jsonb cannot hold U+0000, which a json value may: keep such a character as
+ * the six characters \u0000 (an escaped backslash), so that the result is
+ * stored rather than refused after the statement ran.  Escapes are followed
+ * from the start of the text, so an escaped backslash before "u0000" is left
+ * alone.  Returns the text to parse.
+ */
+static char *
+escape_nul_characters(char *json)
+{
+	StringInfoData out;
+	bool		in_string = false;
+
+	if (strstr(json, "\\u0000") == NULL)
+		return json;
+	initStringInfo(&out);
+	for (char *p = json; *p != '\0'; p++)
+	{
+		if (in_string && *p == '\\')
+		{
+			if (strncmp(p + 1, "u0000", 5) == 0)
+				appendStringInfoChar(&out, '\\');
+			appendStringInfoChar(&out, *p++);
+			if (*p == '\0')
+				break;
+		}
+		else if (*p == '"')
+			in_string = !in_string;
+		appendStringInfoChar(&out, *p);
+	}
+	return out.data;
+}
+
+/* The jsonb of the rows received, in context r->cxt; NULL when there were none. */
+static Jsonb *
+result_jsonb(ResultReceiver *r)
+{
 	Jsonb	   *result;
 	Jsonb	   *copy;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '[');
-	for (uint64 i = 0; i < nrows; i++)
-	{
-		Datum		record = heap_copy_tuple_as_datum(tuptable->vals[i], desc);
-		text	   *json = DatumGetTextPP(DirectFunctionCall1(row_to_json, record));
-
-		if (i > 0)
-			appendStringInfoChar(&buf, ',');
-		appendBinaryStringInfo(&buf, VARDATA_ANY(json), VARSIZE_ANY_EXHDR(json));
-		if ((Size) buf.len > (Size) idem_max_result_bytes * 4)
-			result_too_large(buf.len, true);
-	}
-	appendStringInfoChar(&buf, ']');
-
-	result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	if (r->nrows == 0)
+		return NULL;
+	appendStringInfoChar(&r->buf, ']');
+	result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												CStringGetDatum(escape_nul_characters(r->buf.data))));
 	if (VARSIZE(result) > idem_max_result_bytes)
 		result_too_large(VARSIZE(result), false);
-	copy = MemoryContextAlloc(cxt, VARSIZE(result));
+	copy = MemoryContextAlloc(r->cxt, VARSIZE(result));
 	memcpy(copy, result, VARSIZE(result));
 	return copy;
 }
 
-/* Run the statement as the calling role; its rows and result for the ledger. */
+/*
+ * Run the statement as the calling role; its rows and result for the ledger,
+ * the result made in the caller's memory context.
+ */
 void
 statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	PlanEntry  *entry;
 	Prepared   *prepared;
+	SPIExecuteOptions options;
+	ResultReceiver receiver;
 	int			rc;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -457,15 +623,19 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 		prepare(stmt, prepared);
 	}
 
+	result_receiver_init(&receiver, caller);
+	memset(&options, 0, sizeof(options));
+	options.params = bind_params(stmt, prepared);
+	options.dest = &receiver.pub;
+
 	/* A call nested in the statement must not evict the plan it runs. */
 	if (entry != NULL)
 		entry->running++;
 	PG_TRY();
 	{
-		rc = SPI_execute_plan_with_paramlist(prepared->plan, bind_params(stmt, prepared),
-											 false, 0);
+		rc = SPI_execute_plan_extended(prepared->plan, &options);
 		if (rc < 0)
-			elog(ERROR, "SPI_execute_plan_with_paramlist failed: %s",
+			elog(ERROR, "SPI_execute_plan_extended failed: %s",
 				 SPI_result_code_string(rc));
 	}
 	PG_FINALLY();
@@ -475,103 +645,275 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
 	}
 	PG_END_TRY();
 
-	*rows = (int64) SPI_processed;
-	*result = NULL;
-	if (SPI_tuptable != NULL && SPI_processed > 0)
-		*result = rows_to_jsonb(SPI_tuptable, SPI_processed, caller);
+	/* a CALL's output row reaches the receiver without counting as processed */
+	*rows = (int64) Max(SPI_processed, receiver.nrows);
+	*result = result_jsonb(&receiver);
 	SPI_finish();
+	pfree(receiver.buf.data);
 }
 
-/* How to hash one type's values; looked up once per type and backend. */
-typedef struct TypeHashInfo
+/*
+ * Request identity.  Two calls are the same request when their statement
+ * texts are identical and their arguments are equal as values: the hash of
+ * each argument depends on its value's kind (number, string, instant, row,
+ * array, or another type by name) and value, never on a type OID, a session
+ * setting or the client library.
+ *	- numbers (int2, int4, int8, numeric, float4, float8) by their decimal
+ *	  value without insignificant zeros: 25 = 25.00;
+ *	- strings (text, varchar, char without its padding, name, an untyped
+ *	  literal, an enum's label) by their bytes;
+ *	- timestamptz by its instant, whatever TimeZone;
+ *	- rows field by field, arrays by dimensions and elements, domains as
+ *	  their base type;
+ *	- any other type by its name and its binary output.
+ */
+typedef enum ValueKind
 {
-	Oid			type;			/* hash key */
-	int16		typlen;
-	bool		byval;
-	bool		by_text;		/* hash the output text, not the bytes */
-	Oid			output;
-} TypeHashInfo;
+	KIND_NUMBER = 1,
+	KIND_STRING,
+	KIND_INSTANT,
+	KIND_ROW,
+	KIND_ARRAY,
+	KIND_OTHER,
+	KIND_NULL
+} ValueKind;
 
-static HTAB *type_hash_cache = NULL;
-static bool type_callback_registered = false;
+#define IDENTITY_SEED	UINT64CONST(0x1DE0000000000012)		/* version 1.2 */
 
-/* A type changed or was dropped: its OID may come back as another type. */
-static void
-type_hash_cache_reset(Datum arg, int cacheid, uint32 hashvalue)
+static uint64 value_identity(Datum value, Oid type);
+
+static uint64
+hash_kind_bytes(ValueKind kind, const char *data, Size len)
 {
-	if (type_hash_cache != NULL)
-	{
-		hash_destroy(type_hash_cache);
-		type_hash_cache = NULL;
-	}
-}
-
-static const TypeHashInfo *
-type_hash_info(Oid type)
-{
-	TypeHashInfo info;
-	TypeHashInfo *entry;
-	Oid			elemtype;
-
-	if (type_hash_cache == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(Oid);
-		ctl.entrysize = sizeof(TypeHashInfo);
-		type_hash_cache = hash_create("idempotent argument types", 32, &ctl,
-									  HASH_ELEM | HASH_BLOBS);
-		if (!type_callback_registered)
-		{
-			CacheRegisterSyscacheCallback(TYPEOID, type_hash_cache_reset, (Datum) 0);
-			type_callback_registered = true;
-		}
-	}
-	entry = hash_search(type_hash_cache, &type, HASH_FIND, NULL);
-	if (entry != NULL)
-		return entry;
-
-	/*
-	 * Composite values carry a per-session record type id and keep their
-	 * fields' storage (compressed or not) in their bytes: equal values can
-	 * differ byte for byte, so those are hashed by their text.
-	 */
-	info.type = type;
-	get_typlenbyval(type, &info.typlen, &info.byval);
-	elemtype = get_element_type(type);
-	info.by_text = type_is_rowtype(type) ||
-		(OidIsValid(elemtype) && type_is_rowtype(elemtype));
-	info.output = InvalidOid;
-	if (info.by_text)
-	{
-		bool		isvarlena;
-
-		getTypeOutputInfo(type, &info.output, &isvarlena);
-	}
-
-	entry = hash_search(type_hash_cache, &type, HASH_ENTER, NULL);
-	*entry = info;
-	return entry;
+	return hash_bytes_extended((const unsigned char *) data, len, (uint64) kind);
 }
 
 static uint64
-hash_text(const char *str)
+number_identity(const char *decimal)
+{
+	return hash_kind_bytes(KIND_NUMBER, decimal, strlen(decimal));
+}
+
+static uint64
+int_identity(int64 value)
+{
+	char		buf[MAXINT8LEN + 1];
+
+	pg_lltoa(value, buf);
+	return number_identity(buf);
+}
+
+static uint64
+float_identity(Datum numeric)
+{
+	return number_identity(numeric_normalize(DatumGetNumeric(numeric)));
+}
+
+/* A row, field by field by value; dropped columns do not count. */
+static uint64
+row_identity(Datum value)
+{
+	HeapTupleHeader header = DatumGetHeapTupleHeader(value);
+	TupleDesc	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(header),
+											  HeapTupleHeaderGetTypMod(header));
+	HeapTupleData tuple;
+	Datum	   *values = palloc(desc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(desc->natts * sizeof(bool));
+	uint64		hash = hash_kind_bytes(KIND_ROW, NULL, 0);
+
+	tuple.t_len = HeapTupleHeaderGetDatumLength(header);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = header;
+	heap_deform_tuple(&tuple, desc, values, nulls);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		hash = hash_combine64(hash, nulls[i] ? (uint64) KIND_NULL :
+							  value_identity(values[i], att->atttypid));
+	}
+	ReleaseTupleDesc(desc);
+	pfree(values);
+	pfree(nulls);
+	return hash;
+}
+
+/* An array: its dimensions, lower bounds and elements by value. */
+static uint64
+array_identity(Datum value, TypeCacheEntry *typentry)
+{
+	ArrayType  *array = DatumGetArrayTypeP(value);
+	Oid			elemtype = ARR_ELEMTYPE(array);
+	int16		typlen;
+	bool		byval;
+	char		align;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	uint64		hash;
+
+	hash = hash_kind_bytes(KIND_ARRAY, (const char *) ARR_DIMS(array),
+						   ARR_NDIM(array) * sizeof(int));
+	hash = hash_combine64(hash, hash_bytes_extended((const unsigned char *) ARR_LBOUND(array),
+													ARR_NDIM(array) * sizeof(int), 0));
+	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
+	deconstruct_array(array, elemtype, typlen, byval, align, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		hash = hash_combine64(hash, nulls[i] ? (uint64) KIND_NULL :
+							  value_identity(elems[i], elemtype));
+	return hash;
+}
+
+/* Any other type: its name and its binary output (or text, if it has none). */
+static uint64
+other_identity(Datum value, Oid type)
+{
+	HeapTuple	tuple = SearchSysCache1(TYPEOID, ObjectIdGetDatum(type));
+	Form_pg_type form;
+	uint64		hash;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for type %u", type);
+	form = (Form_pg_type) GETSTRUCT(tuple);
+	hash = hash_kind_bytes(KIND_OTHER, NameStr(form->typname), strlen(NameStr(form->typname)));
+	if (OidIsValid(form->typsend))
+	{
+		bytea	   *bytes = OidSendFunctionCall(form->typsend, value);
+
+		hash = hash_combine64(hash, hash_bytes_extended((const unsigned char *) VARDATA(bytes),
+														VARSIZE(bytes) - VARHDRSZ, 0));
+	}
+	else
+	{
+		char	   *str = OidOutputFunctionCall(form->typoutput, value);
+
+		hash = hash_combine64(hash, hash_bytes_extended((const unsigned char *) str,
+														strlen(str), 0));
+	}
+	ReleaseSysCache(tuple);
+	return hash;
+}
+
+/* The identity of one non-null value of type type. */
+static uint64
+value_identity(Datum value, Oid type)
+{
+	TypeCacheEntry *typentry;
+
+	switch (type)
+	{
+		case INT2OID:
+			return int_identity(DatumGetInt16(value));
+		case INT4OID:
+			return int_identity(DatumGetInt32(value));
+		case INT8OID:
+			return int_identity(DatumGetInt64(value));
+		case NUMERICOID:
+			return number_identity(numeric_normalize(DatumGetNumeric(value)));
+		case FLOAT4OID:
+			return float_identity(DirectFunctionCall1(float4_numeric, value));
+		case FLOAT8OID:
+			return float_identity(DirectFunctionCall1(float8_numeric, value));
+		case TEXTOID:
+		case VARCHAROID:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				return hash_kind_bytes(KIND_STRING, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+			}
+		case BPCHAROID:
+			{
+				text	   *t = DatumGetTextPP(value);
+				int			len = bpchartruelen(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+
+				return hash_kind_bytes(KIND_STRING, VARDATA_ANY(t), len);
+			}
+		case UNKNOWNOID:
+		case CSTRINGOID:
+			return hash_kind_bytes(KIND_STRING, DatumGetCString(value),
+								   strlen(DatumGetCString(value)));
+		case NAMEOID:
+			return hash_kind_bytes(KIND_STRING, NameStr(*DatumGetName(value)),
+								   strlen(NameStr(*DatumGetName(value))));
+		case TIMESTAMPTZOID:
+			{
+				int64		instant = DatumGetTimestampTz(value);
+
+				return hash_kind_bytes(KIND_INSTANT, (const char *) &instant, sizeof(instant));
+			}
+		case RECORDOID:
+			return row_identity(value);
+	}
+
+	/* typcache entries live as long as the backend: safe across invalidations */
+	typentry = lookup_type_cache(type, TYPECACHE_DOMAIN_BASE_INFO);
+	if (typentry->typtype == TYPTYPE_DOMAIN)
+		return value_identity(value, typentry->domainBaseType);
+	if (typentry->typtype == TYPTYPE_COMPOSITE)
+		return row_identity(value);
+	if (typentry->typtype == TYPTYPE_ENUM)
+	{
+		char	   *label = DatumGetCString(DirectFunctionCall1(enum_out, value));
+
+		return hash_kind_bytes(KIND_STRING, label, strlen(label));
+	}
+	if (IsTrueArrayType(typentry))
+		return array_identity(value, typentry);
+	return other_identity(value, type);
+}
+
+/*
+ * The request identity of a statement and its arguments (see above), made
+ * in the current memory context.
+ */
+int64
+statement_fingerprint(const IdemStatement *stmt)
+{
+	uint64		hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stmt->sql),
+										   VARSIZE_ANY_EXHDR(stmt->sql), IDENTITY_SEED);
+
+	hash = hash_combine64(hash, (uint64) stmt->nargs);
+	for (int i = 0; i < stmt->nargs; i++)
+		hash = hash_combine64(hash, stmt->nulls[i] == 'n' ? (uint64) KIND_NULL :
+							  value_identity(stmt->values[i], stmt->types[i]));
+	return (int64) hash;
+}
+
+/*
+ * The identity as versions 1.0 and 1.1 computed it, to recognize the keys
+ * they recorded: the statement text and argument types (as plan_hash()), and
+ * each value by its bytes, or by its text for rows and arrays of rows.  It
+ * depends on type OIDs and, for rows, on session settings; it is used only
+ * to compare with keys recorded before 1.2.
+ */
+static uint64
+legacy_hash_text(const char *str)
 {
 	return hash_bytes_extended((const unsigned char *) str, strlen(str), 0);
 }
 
-/* Hash of one argument's value, equal for equal requests in any session. */
 static uint64
-hash_value(Datum value, Oid type)
+legacy_value_hash(Datum value, Oid type)
 {
-	const TypeHashInfo *info = type_hash_info(type);
+	TypeCacheEntry *typentry = lookup_type_cache(type, 0);
+	Oid			elemtype = typentry->typelem;
 	int64		scalar;
 
-	if (info->by_text)
-		return hash_text(OidOutputFunctionCall(info->output, value));
-	if (info->byval)
+	if (type_is_rowtype(type) ||
+		(IsTrueArrayType(typentry) && type_is_rowtype(elemtype)))
 	{
-		switch (info->typlen)
+		Oid			output;
+		bool		isvarlena;
+
+		getTypeOutputInfo(type, &output, &isvarlena);
+		return legacy_hash_text(OidOutputFunctionCall(output, value));
+	}
+	if (typentry->typbyval)
+	{
+		switch (typentry->typlen)
 		{
 			case 1:
 				scalar = DatumGetChar(value);
@@ -588,30 +930,26 @@ hash_value(Datum value, Oid type)
 		}
 		return hash_bytes_uint32_extended((uint32) scalar, (uint64) (scalar >> 32));
 	}
-	if (info->typlen == -1)
+	if (typentry->typlen == -1)
 	{
 		struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
 
 		return hash_bytes_extended((const unsigned char *) VARDATA_ANY(v),
 								   VARSIZE_ANY_EXHDR(v), 0);
 	}
-	if (info->typlen == -2)
-		return hash_text(DatumGetCString(value));
+	if (typentry->typlen == -2)
+		return legacy_hash_text(DatumGetCString(value));
 	return hash_bytes_extended((const unsigned char *) DatumGetPointer(value),
-							   info->typlen, 0);
+							   typentry->typlen, 0);
 }
 
-/*
- * Fingerprint of the request: statement text and argument types (the plan
- * hash statement_check() computed already covers them) and argument values.
- */
 int64
-statement_fingerprint(const IdemStatement *stmt)
+statement_legacy_fingerprint(const IdemStatement *stmt)
 {
-	uint64		hash = stmt->plan_hash;
+	uint64		hash = plan_hash(stmt);
 
 	for (int i = 0; i < stmt->nargs; i++)
 		hash = hash_combine64(hash, stmt->nulls[i] == 'n' ? UINT64CONST(0x9E3779B97F4A7C15) :
-							  hash_value(stmt->values[i], stmt->types[i]));
+							  legacy_value_hash(stmt->values[i], stmt->types[i]));
 	return (int64) hash;
 }

@@ -1,6 +1,6 @@
 /*
  * statement.h
- *	  The caller's statement: cached plans, execution, result, fingerprint.
+ *	  The caller's statement: cached plans, execution, result, request identity.
  */
 #ifndef IDEM_STATEMENT_H
 #define IDEM_STATEMENT_H
@@ -10,5 +10,6 @@
 extern void statement_check(IdemStatement *stmt);
 extern void statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result);
 extern int64 statement_fingerprint(const IdemStatement *stmt);
+extern int64 statement_legacy_fingerprint(const IdemStatement *stmt);
 
 #endif							/* IDEM_STATEMENT_H */

@@ -1,0 +1,117 @@
+/*
+ * policy.c
+ *	  The policies and statuses of the extension, described once: a policy's
+ *	  letter in the ledger, its name, whether it takes a version, and how it
+ *	  decides a call against the stored version.  Parsing, names, decisions,
+ *	  statistics and idem_get all read this table; a new policy is added here
+ *	  (and to IdemPolicy in idempotent.h).
+ */
+#include "postgres.h"
+
+#include "idempotent.h"
+
+/* How a policy decides a call with version v when the key holds version s. */
+typedef IdemStatus (*DecideFn) (int64 v, int64 s);
+
+typedef struct PolicyDef
+{
+	IdemPolicy	letter;
+	const char *name;
+	bool		takes_version;	/* once takes none; the others need one */
+	IdemStatus	when_new;		/* outcome for a key not yet recorded... */
+	bool		new_needs_one;	/* ...unless its version must be 1 (next) */
+	DecideFn	decide;			/* outcome for a recorded key */
+} PolicyDef;
+
+static IdemStatus
+decide_once(int64 v, int64 s)
+{
+	return IDEM_DUPLICATE;
+}
+
+static IdemStatus
+decide_newer(int64 v, int64 s)
+{
+	return v > s ? IDEM_APPLIED : v == s ? IDEM_DUPLICATE : IDEM_STALE;
+}
+
+static IdemStatus
+decide_next(int64 v, int64 s)
+{
+	return v == s + 1 ? IDEM_APPLIED : v == s ? IDEM_DUPLICATE :
+		v < s ? IDEM_STALE : IDEM_GAP;
+}
+
+static IdemStatus
+decide_upsert(int64 v, int64 s)
+{
+	return v >= s ? IDEM_APPLIED : IDEM_STALE;
+}
+
+static const PolicyDef policies[IDEM_NPOLICIES] = {
+	{IDEM_ONCE, "once", false, IDEM_APPLIED, false, decide_once},
+	{IDEM_NEWER, "newer", true, IDEM_APPLIED, false, decide_newer},
+	{IDEM_NEXT, "next", true, IDEM_APPLIED, true, decide_next},
+	{IDEM_UPSERT, "upsert", true, IDEM_APPLIED, false, decide_upsert},
+};
+
+static const char *const status_names[IDEM_NSTATUSES] = {
+	[IDEM_APPLIED] = "applied",
+	[IDEM_DUPLICATE] = "duplicate",
+	[IDEM_STALE] = "stale",
+	[IDEM_GAP] = "gap",
+	[IDEM_IN_PROGRESS] = "in_progress",
+};
+
+/* Position of a policy in the table (statistics rows follow it). */
+int
+idem_policy_index(IdemPolicy policy)
+{
+	for (int i = 0; i < IDEM_NPOLICIES; i++)
+		if (policies[i].letter == policy)
+			return i;
+	elog(ERROR, "unknown policy letter \"%c\"", (char) policy);
+	return 0;
+}
+
+const char *
+idem_policy_name(IdemPolicy policy)
+{
+	return policies[idem_policy_index(policy)].name;
+}
+
+bool
+idem_policy_takes_version(IdemPolicy policy)
+{
+	return policies[idem_policy_index(policy)].takes_version;
+}
+
+IdemPolicy
+idem_parse_policy(const char *name)
+{
+	for (int i = 0; i < IDEM_NPOLICIES; i++)
+		if (strcmp(name, policies[i].name) == 0)
+			return policies[i].letter;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown policy \"%s\"", name),
+			 errhint("The policies are once, newer, next and upsert.")));
+	pg_unreachable();
+}
+
+/* Outcome of a call with version v; found says whether s is a stored version. */
+IdemStatus
+idem_policy_decide(IdemPolicy policy, bool found, int64 stored, int64 version)
+{
+	const PolicyDef *def = &policies[idem_policy_index(policy)];
+
+	if (!found)
+		return def->new_needs_one && version != 1 ? IDEM_GAP : def->when_new;
+	return def->decide(version, stored);
+}
+
+const char *
+idem_status_name(IdemStatus status)
+{
+	return status_names[status];
+}
