@@ -20,7 +20,7 @@ idem_ensure_deps "${need[@]}"
 dist=$IDEM_ROOT/dist
 version=$(dpkg-parsechangelog -l "$IDEM_ROOT/debian/changelog" -S Version)
 extversion=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$IDEM_ROOT/idempotent.control")
-if [ "$version" != "$extversion" ]; then
+if [ "${version%%~*}" != "$extversion" ]; then   # 1.2~dev: 1.2 in development
 	echo "warning: debian/changelog is at $version, idempotent.control's default_version at $extversion;" \
 		"add a debian/changelog entry (dch -v $extversion) for a release" >&2
 fi
