@@ -271,7 +271,7 @@ is_deeply(\%balance, \%expected_balance,
 }
 is( $node->safe_psql('postgres',
 		q{SELECT count(*) FILTER (WHERE policy <> 'o' OR version IS NOT NULL
-		                            OR rows IS DISTINCT FROM 1 OR fingerprint IS NULL
+		                            OR rows IS DISTINCT FROM 1 OR request_hash IS NULL
 		                            OR result IS NULL)
 		  FROM idem_ledger}),
 	'0',
