@@ -9,7 +9,9 @@
 # extension, the tables, the application role idem_app with its grant, and applies payment x:p-1.
 # The drivers then run one after the other as idem_app, each with its own keys, and each receives
 # x:p-1 again, which must be a duplicate whatever types the driver binds its values with. Each
-# program prints one line per assertion (`ok     DRIVER: ...` or `FAILED DRIVER: ...`).
+# program prints one line per assertion (`ok     DRIVER: ...` or `FAILED DRIVER: ...`). Then
+# test/drivers/check_snippets.py checks that each block of test/drivers/README-snippets.md is
+# still code that a program runs.
 #
 # Environment: IDEM_DRIVERS ("libpq psycopg node pgjdbc"), IDEM_DRIVERS_PGPORT (54341; the cluster
 # listens on 127.0.0.1 there), KEEP_TMP=1 keeps the temp dir.
@@ -106,6 +108,15 @@ for d in "${built[@]}"; do
 	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then fail "$d: exited with status $rc"; fi
 	if [ "$p" -eq 0 ] && [ "$f" -eq 0 ] && [ "$rc" -eq 0 ]; then fail "$d: printed no result"; fi
 done
+
+# --- the README's snippets are code the programs run ---------------------------------------------
+rc=0
+"$PYTHON" "$SRC/check_snippets.py" "$IDEM_ROOT" >"$TMP/snippets.log" 2>&1 || rc=$?
+cat "$TMP/snippets.log"
+p=$(grep -c '^ok ' "$TMP/snippets.log" || true) f=$(grep -c '^FAILED ' "$TMP/snippets.log" || true)
+passed=$((passed + p)) failed=$((failed + f))
+if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then fail "check_snippets.py exited with status $rc"; fi
+if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then fail "check_snippets.py found no snippet"; fi
 
 # --- across drivers ------------------------------------------------------------------------------
 n=$(psql -X -At -c "SELECT count(*) FROM payments WHERE id = 'x:p-1'")

@@ -107,18 +107,20 @@ check_error(const char *name, const char *code, PGresult *r)
 }
 
 static PGresult *
-pay(const char *key, const char *id, const char *amount)
+pay(const char *id, const char *account, const char *amount)
 {
-	const char *const values[] = {key, PAY, id, ACCOUNT, amount};
+	char		key[100];
+	const char *const values[] = {key, PAY, id, account, amount};
 
-	return call(APPLY_PAYMENT, 5, values);
+	snprintf(key, sizeof key, "payment:%s", id);
+	return PQexecParams(db, APPLY_PAYMENT, 5, NULL, values, NULL, NULL, 0);
 }
 
 static void
 once(void)
 {
-	PGresult   *first = pay("payment:libpq:p-1", "libpq:p-1", "975.00");
-	PGresult   *again = pay("payment:libpq:p-1", "libpq:p-1", "975.00");
+	PGresult   *first = pay("libpq:p-1", ACCOUNT, "975.00");
+	PGresult   *again = pay("libpq:p-1", ACCOUNT, "975.00");
 	const char *const id[] = {"libpq:p-1"};
 	int			replayed = is(again, "duplicate", "f") && eq(field(again, "rows"), "1") &&
 		eq(field(again, "result"), field(first, "result"));
@@ -257,8 +259,8 @@ errors(void)
 {
 	const char *const next_values[] = {"payment:libpq:p-5", PAY, "libpq:p-5", ACCOUNT, "5.00"};
 
-	PQclear(pay("payment:libpq:p-5", "libpq:p-5", "5.00"));
-	check_error("ID001: same key, another amount", "ID001", pay("payment:libpq:p-5", "libpq:p-5", "6.00"));
+	PQclear(pay("libpq:p-5", ACCOUNT, "5.00"));
+	check_error("ID001: same key, another amount", "ID001", pay("libpq:p-5", ACCOUNT, "6.00"));
 	check_error("ID002: same key, another policy", "ID002", call(
 		"SELECT * FROM idem_apply_next($1, 1, $2, $3::text, $4::int, $5::numeric)", 5, next_values));
 }
@@ -270,8 +272,7 @@ errors(void)
 static void
 redelivery(void)
 {
-	const char *const values[] = {"payment:x:p-1", PAY, "x:p-1", "42", "25.00"};
-	PGresult   *r = call(APPLY_PAYMENT, 5, values);
+	PGresult   *r = pay("x:p-1", "42", "25.00");
 
 	check("redelivery of x:p-1 is a duplicate with its result", is(r, "duplicate", "f") &&
 		  eq(field(r, "rows"), "1") && field(r, "result") &&

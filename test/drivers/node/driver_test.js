@@ -16,7 +16,6 @@ const ADD_TO_BALANCE = 'INSERT INTO accounts (id, balance) VALUES ($1, $2) ' +
   'ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance';
 const TOTALS = 'SELECT $1 AS amount, $2 AS total';
 
-// node-postgres sends every parameter untyped: each extra argument of idem_apply needs its cast.
 // jsonb comes back with its numbers as strings, so that 975.00 stays "975.00".
 function parseJsonbKeepNumbers(text) {
   return JSON.parse(text.replace(/("(?:[^"\\]|\\.)*")|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g,
@@ -43,27 +42,27 @@ async function checkError(name, code, fn) {
   }
 }
 // the outcome, or the error as {status: 'error ID001', ...}
-const outcome = (query) => query.then((r) => r.rows[0],
-  (err) => ({ status: `error ${err.code}`, message: err.message }));
+const outcome = (call) => call.catch((err) => ({ status: `error ${err.code}`, message: err.message }));
 const is = (out, status, applied) => out.status === status && out.applied === applied;
-const id = (name) => `${DRIVER}:${name}`; // payment ids of this driver
-const key = (name) => `payment:${id(name)}`;
+const pid = (name) => `${DRIVER}:${name}`; // payment ids of this driver
+const key = (name) => `payment:${pid(name)}`;
 
-async function pay(db, name, account, amount) {
+// node-postgres sends every parameter untyped: each extra argument of idem_apply needs its cast.
+async function pay(db, id, account, amount) {
   const { rows: [out] } = await db.query(
     'SELECT * FROM idem_apply($1, NULL, $2, $3::text, $4::int, $5::numeric)',
-    [key(name), PAY, id(name), account, amount]);
+    [`payment:${id}`, PAY, id, account, amount]);
   return out;
 }
 
 async function once(db) {
-  const first = await pay(db, 'p-1', ACCOUNT, '975.00');
+  const first = await pay(db, pid('p-1'), ACCOUNT, '975.00');
   check('once: applied', is(first, 'applied', true) && first.rows === '1' &&
     first.version === null && first.result[0].amount === '975.00', first);
-  const again = await pay(db, 'p-1', ACCOUNT, '975.00');
+  const again = await pay(db, pid('p-1'), ACCOUNT, '975.00');
   check('once: redelivery is a duplicate with the stored result', is(again, 'duplicate', false) &&
     again.rows === '1' && JSON.stringify(again.result) === JSON.stringify(first.result), again);
-  const { rows: [n] } = await db.query('SELECT count(*)::int AS n FROM payments WHERE id = $1', [id('p-1')]);
+  const { rows: [n] } = await db.query('SELECT count(*)::int AS n FROM payments WHERE id = $1', [pid('p-1')]);
   check('once: the payment exists once', n.n === 1, n);
 }
 
@@ -117,7 +116,7 @@ async function claim(db) {
     const { rows: [out] } = await db.query('SELECT * FROM idem_claim($1)', [key(name)]);
     if (out.applied) {
       await db.query('INSERT INTO payments (id, account, amount) VALUES ($1, $2, $3)',
-        [id(name), ACCOUNT, '12.50']);
+        [pid(name), ACCOUNT, '12.50']);
     }
     await db.query(commit ? 'COMMIT' : 'ROLLBACK');
     return out;
@@ -133,7 +132,7 @@ async function claim(db) {
 }
 
 async function untyped(db) {
-  const args = [key('p-4'), PAY, id('p-4'), ACCOUNT, '1.00'];
+  const args = [key('p-4'), PAY, pid('p-4'), ACCOUNT, '1.00'];
   await checkError('"any": an untyped argument is 42P18', '42P18', () => db.query(
     'SELECT * FROM idem_apply($1, NULL, $2, $3, $4, $5)', args));
   const { rows: [out] } = await db.query(
@@ -152,25 +151,22 @@ async function results(db) {
 }
 
 async function errors(db) {
-  await pay(db, 'p-5', ACCOUNT, '5.00');
-  await checkError('ID001: same key, another amount', 'ID001', () => pay(db, 'p-5', ACCOUNT, '6.00'));
+  await pay(db, pid('p-5'), ACCOUNT, '5.00');
+  await checkError('ID001: same key, another amount', 'ID001', () => pay(db, pid('p-5'), ACCOUNT, '6.00'));
   await checkError('ID002: same key, another policy', 'ID002', () => db.query(
     'SELECT * FROM idem_apply_next($1, 1, $2, $3::text, $4::int, $5::numeric)',
-    [key('p-5'), PAY, id('p-5'), ACCOUNT, '5.00']));
+    [key('p-5'), PAY, pid('p-5'), ACCOUNT, '5.00']));
 }
 
 // Payment x:p-1 was applied before this driver ran (test/drivers/setup.sql), as 'x:p-1'::text,
 // 42 (int4), 25.00 (numeric).
 async function redelivery(db) {
-  const again = (amount) => outcome(db.query(
-    'SELECT * FROM idem_apply($1, NULL, $2, $3::text, $4::int, $5::numeric)',
-    ['payment:x:p-1', PAY, 'x:p-1', 42, amount]));
-  const out = await again('25.00');
+  const out = await outcome(pay(db, 'x:p-1', 42, '25.00'));
   check('redelivery of x:p-1 is a duplicate with its result', is(out, 'duplicate', false) &&
     out.rows === '1' && out.result[0].amount === '25.00', out);
   // a message body parsed with JSON.parse: {"amount": 25.00} gives the number 25
   const parsed = JSON.parse('{"amount": 25.00}');
-  const out25 = await again(parsed.amount);
+  const out25 = await outcome(pay(db, 'x:p-1', 42, parsed.amount));
   check('redelivery of x:p-1 with amount 25 from JSON.parse is a duplicate', is(out25, 'duplicate', false) &&
     out25.result[0].amount === '25.00', out25);
 }

@@ -90,21 +90,21 @@ public class DriverTest {
     }
 
     // setString sends varchar, setInt int4, setBigDecimal numeric: typed, so no cast is needed.
-    static Outcome pay(String name, int account, String amount) throws SQLException {
+    static Outcome pay(String id, int account, BigDecimal amount) throws SQLException {
         return call("SELECT * FROM idem_apply(?, NULL, ?, ?, ?, ?)", ps -> {
-            ps.setString(1, key(name));
+            ps.setString(1, "payment:" + id);
             ps.setString(2, PAY);
-            ps.setString(3, id(name));
+            ps.setString(3, id);
             ps.setInt(4, account);
-            ps.setBigDecimal(5, new BigDecimal(amount));
+            ps.setBigDecimal(5, amount);
         });
     }
 
     static void once() throws SQLException {
-        Outcome first = pay("p-1", ACCOUNT, "975.00");
+        Outcome first = pay(id("p-1"), ACCOUNT, new BigDecimal("975.00"));
         check("once: applied", first.is("applied", true) && first.rows() == 1 && first.version() == null
             && first.result().contains("\"amount\": 975.00"), first);
-        Outcome again = pay("p-1", ACCOUNT, "975.00");
+        Outcome again = pay(id("p-1"), ACCOUNT, new BigDecimal("975.00"));
         check("once: redelivery is a duplicate with the stored result", again.is("duplicate", false)
             && again.rows() == 1 && Objects.equals(again.result(), first.result()), again);
         try (PreparedStatement ps = db.prepareStatement("SELECT count(*) FROM payments WHERE id = ?")) {
@@ -242,8 +242,8 @@ public class DriverTest {
     }
 
     static void errors() throws SQLException {
-        pay("p-5", ACCOUNT, "5.00");
-        checkError("ID001: same key, another amount", "ID001", () -> pay("p-5", ACCOUNT, "6.00"));
+        pay(id("p-5"), ACCOUNT, new BigDecimal("5.00"));
+        checkError("ID001: same key, another amount", "ID001", () -> pay(id("p-5"), ACCOUNT, new BigDecimal("6.00")));
         checkError("ID002: same key, another policy", "ID002", () -> call(
             "SELECT * FROM idem_apply_next(?, 1, ?, ?, ?, ?)", ps -> {
                 ps.setString(1, key("p-5"));
@@ -260,13 +260,7 @@ public class DriverTest {
         Object got;
         boolean ok;
         try {
-            Outcome out = call("SELECT * FROM idem_apply(?, NULL, ?, ?, ?, ?)", ps -> {
-                ps.setString(1, "payment:x:p-1");
-                ps.setString(2, PAY);
-                ps.setString(3, "x:p-1");
-                ps.setInt(4, 42);
-                ps.setBigDecimal(5, new BigDecimal("25.00"));
-            });
+            Outcome out = pay("x:p-1", 42, new BigDecimal("25.00"));
             got = out;
             ok = out.is("duplicate", false) && out.rows() == 1 && out.result().contains("\"amount\": 25.00");
         } catch (SQLException e) {

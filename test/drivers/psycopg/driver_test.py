@@ -47,10 +47,10 @@ def check_error(name, code, fn):
         check(name, e.sqlstate == code, f"{e.sqlstate} {e}")
 
 
-def outcome(db, query, params):
-    """The outcome row, or the error as {'status': 'error ID001', ...}."""
+def outcome(call):
+    """call()'s outcome row, or the error as {'status': 'error ID001', ...}."""
     try:
-        return db.execute(query, params).fetchone()
+        return call()
     except psycopg.Error as e:
         return {"status": f"error {e.sqlstate}", "message": str(e)}
 
@@ -67,17 +67,17 @@ def key(name):
     return f"payment:{pid(name)}"
 
 
-def pay(db, name, account, amount):
+def pay(db, payment_id, account, amount):
     # A str sent to an "any" parameter needs its cast; int and Decimal carry their types.
     return db.execute("SELECT * FROM idem_apply(%s, NULL, %s, %s::text, %s, %s)",
-                      (key(name), PAY, pid(name), account, amount)).fetchone()
+                      (f"payment:{payment_id}", PAY, payment_id, account, amount)).fetchone()
 
 
 def once(db):
-    first = pay(db, "p-1", ACCOUNT, Decimal("975.00"))
+    first = pay(db, pid("p-1"), ACCOUNT, Decimal("975.00"))
     check("once: applied", is_(first, "applied", True) and first["rows"] == 1
           and first["version"] is None and str(first["result"][0]["amount"]) == "975.00", first)
-    again = pay(db, "p-1", ACCOUNT, Decimal("975.00"))
+    again = pay(db, pid("p-1"), ACCOUNT, Decimal("975.00"))
     check("once: redelivery is a duplicate with the stored result", is_(again, "duplicate", False)
           and again["rows"] == 1 and again["result"] == first["result"], again)
     n = db.execute("SELECT count(*) AS n FROM payments WHERE id = %s", (pid("p-1"),)).fetchone()
@@ -174,8 +174,8 @@ def results(db):
 
 
 def errors(db):
-    pay(db, "p-5", ACCOUNT, Decimal("5.00"))
-    check_error("ID001: same key, another amount", "ID001", lambda: pay(db, "p-5", ACCOUNT, Decimal("6.00")))
+    pay(db, pid("p-5"), ACCOUNT, Decimal("5.00"))
+    check_error("ID001: same key, another amount", "ID001", lambda: pay(db, pid("p-5"), ACCOUNT, Decimal("6.00")))
     check_error("ID002: same key, another policy", "ID002", lambda: db.execute(
         "SELECT * FROM idem_apply_next(%s, 1, %s, %s::text, %s, %s)",
         (key("p-5"), PAY, pid("p-5"), ACCOUNT, Decimal("5.00"))).fetchone())
@@ -184,8 +184,7 @@ def errors(db):
 def redelivery(db):
     # Payment x:p-1 was applied before this driver ran (test/drivers/setup.sql), as
     # 'x:p-1'::text, 42 (int4), 25.00 (numeric); psycopg sends the int 42 as int2.
-    out = outcome(db, "SELECT * FROM idem_apply(%s, NULL, %s, %s::text, %s, %s)",
-                  ("payment:x:p-1", PAY, "x:p-1", 42, Decimal("25.00")))
+    out = outcome(lambda: pay(db, "x:p-1", 42, Decimal("25.00")))
     check("redelivery of x:p-1 is a duplicate with its result", is_(out, "duplicate", False)
           and out["rows"] == 1 and str(out["result"][0]["amount"]) == "25.00", out)
 
