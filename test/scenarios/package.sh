@@ -49,6 +49,7 @@ dpkg-deb -c "$deb" | awk '{ sub(/^\./, "", $6); print $6 }' >"$TMP/contents"
 has() { grep -qxF "$1" "$TMP/contents"; }
 check "the package holds $LIBDIR/idempotent.so" has "$LIBDIR/idempotent.so"
 check "the package holds $EXTDIR/idempotent.control" has "$EXTDIR/idempotent.control"
+# shellcheck disable=SC2016 # a make rule, expanded by make
 printf 'print-%%:\n\t@echo $($*)\n' >"$TMP/print.mk"
 data=$(make -s --no-print-directory -C "$IDEM_ROOT" -f Makefile -f "$TMP/print.mk" print-DATA)
 missing=()
@@ -77,8 +78,10 @@ check "CREATE EXTENSION idempotent gives version $default" \
 call="SELECT status FROM idem_apply('package:k-1', NULL, 'SELECT 1 AS one')"
 check "idem_apply applies a new key" [ "$(q -c "$call" 2>&1)" = applied ]
 check "idem_apply reports its redelivery as a duplicate" [ "$(q -c "$call" 2>&1)" = duplicate ]
-q -c "CREATE DATABASE upgraded" &&
-	q -d upgraded -c "CREATE EXTENSION idempotent VERSION '1.0'" -c "ALTER EXTENSION idempotent UPDATE" \
-		>"$TMP/update.log" 2>&1 || cat "$TMP/update.log"
+if ! { q -c "CREATE DATABASE upgraded" &&
+	q -d upgraded -c "CREATE EXTENSION idempotent VERSION '1.0'" -c "ALTER EXTENSION idempotent UPDATE"; } \
+	>"$TMP/update.log" 2>&1; then
+	cat "$TMP/update.log"
+fi
 check "a 1.0 extension updates to $default with the package's scripts" \
 	[ "$(q -d upgraded -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotent'")" = "$default" ]
