@@ -358,3 +358,54 @@ SELECT count(*) AS recorded FROM idem_ledger WHERE key = 'e:nested';
 -- another key inside is fine
 SELECT status, result FROM idem_apply('eok:outer', NULL,
     $$SELECT (idem_apply('eok:inner', NULL, 'SELECT 1 AS x')).status AS inner_status$$);
+
+-- the retention functions: a NULL argument is 22004, not a NULL answer
+SELECT idem_forget(NULL);
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_get(NULL);
+\echo SQLSTATE :SQLSTATE
+SELECT idem_purge(NULL);
+\echo SQLSTATE :SQLSTATE
+
+-- SELECT ... INTO, alone or in any branch of a set operation, is CREATE TABLE AS:
+-- 0A000, nothing recorded, no table created
+SELECT * FROM idem_apply('e:select-into', NULL, 'SELECT 1 AS a INTO err_into');
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_apply('e:select-into', NULL, 'SELECT 1 AS a INTO err_into UNION SELECT 2');
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_apply('e:select-into', NULL, 'SELECT 1 AS a UNION (SELECT 2 INTO err_into)');
+\echo SQLSTATE :SQLSTATE
+SELECT to_regclass('err_into') IS NULL AS no_table_created,
+       (SELECT count(*) FROM idem_ledger WHERE key = 'e:select-into') AS recorded;
+
+-- nesting is tracked at every depth: err_nest applies key e:nest-<depth> through the
+-- statement of the key one level up, and at depth again_at applies key again instead
+CREATE FUNCTION err_nest(prefix text, depth int, deepest int, again_at int, again text)
+RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF depth = again_at THEN
+        RETURN (idem_apply(again, NULL, 'SELECT 1 AS x')).status;
+    END IF;
+    IF depth > deepest THEN
+        RETURN 'bottom';
+    END IF;
+    RETURN (idem_apply(prefix || depth, NULL, 'SELECT err_nest($1, $2, $3, $4, $5) AS s',
+                       prefix, depth + 1, deepest, again_at, again)).status;
+END
+$$;
+-- twenty levels, each applied once
+SELECT err_nest('eok:nest-', 1, 20, 0, '') AS outermost;
+SELECT count(*) AS levels_recorded FROM idem_ledger WHERE key LIKE 'eok:nest-%';
+SELECT result FROM idem_ledger WHERE key = 'eok:nest-20';
+-- the key of level 17, applied again at depth 18: 55006, nothing recorded
+\set SHOW_CONTEXT never
+SELECT err_nest('e:nest-', 1, 20, 18, 'e:nest-17') AS outermost;
+\echo SQLSTATE :SQLSTATE
+-- the outermost key, applied again at depth 18 or 20
+SELECT err_nest('e:nest-', 1, 20, 18, 'e:nest-1') AS outermost;
+\echo SQLSTATE :SQLSTATE
+SELECT err_nest('e:nest-', 1, 20, 20, 'e:nest-19') AS outermost;
+\echo SQLSTATE :SQLSTATE
+\set SHOW_CONTEXT errors
+SELECT count(*) AS recorded FROM idem_ledger WHERE key LIKE 'e:nest-%';
+DROP FUNCTION err_nest(text, int, int, int, text);

@@ -150,3 +150,48 @@ WHERE key IN ('r:too-big', 'r:small', 'r:no-result', 'r:zero-limit') ORDER BY ke
 DROP PROCEDURE res_transfer(int, int, numeric, numeric, numeric);
 DROP PROCEDURE res_bump(numeric);
 DROP TABLE res_payments, res_accounts;
+
+-- a result too large is refused while its rows stream in: ten million rows would take
+-- many seconds and gigabytes to materialize first; refused at once, within the timeout
+SET statement_timeout = '5s';
+SELECT * FROM idem_apply('r:streamed', NULL,
+    $$SELECT g, repeat('x', 100) AS filler FROM generate_series(1, 10000000) g$$);
+\echo SQLSTATE :SQLSTATE
+RESET statement_timeout;
+SELECT count(*) AS recorded FROM idem_ledger WHERE key = 'r:streamed';
+
+-- a json value may hold U+0000, which jsonb cannot: it is stored as the six
+-- characters \u0000 and replayed to the duplicate, not refused after the statement ran
+SELECT status, rows, result, result -> 0 -> 'j' ->> 'a' = 'x\u0000y' AS kept_as_text
+FROM idem_apply('r:json-nul', NULL, $$SELECT '{"a":"x\u0000y"}'::json AS j$$);
+SELECT status, rows, result FROM idem_apply('r:json-nul', NULL, $$SELECT '{"a":"x\u0000y"}'::json AS j$$);
+-- an escaped backslash before u0000 is a backslash and five characters, unchanged
+SELECT status, result, result -> 0 ->> 'j' = '\u0000' AS unchanged
+FROM idem_apply('r:json-backslash', NULL, $$SELECT '"\\u0000"'::json AS j$$);
+SELECT status, result FROM idem_apply('r:json-backslash', NULL, $$SELECT '"\\u0000"'::json AS j$$);
+SELECT key, rows, result FROM idem_ledger WHERE key IN ('r:json-nul', 'r:json-backslash') ORDER BY key;
+
+-- a result's shape registers no row type with the backend: after the plan cache is full
+-- (1024 statements), 3000 results of distinct shapes leave the backend's cache memory as
+-- it was (a registered row type kept about 370 bytes there, over 1 MB for 3000 shapes)
+CREATE FUNCTION res_cache_used() RETURNS bigint LANGUAGE sql AS $$
+    SELECT total_bytes - free_bytes FROM pg_backend_memory_contexts
+    WHERE name = 'CacheMemoryContext' AND level = 1
+$$;
+CREATE FUNCTION res_shapes(first int, last int) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN first .. last LOOP
+        PERFORM idem_apply('r:shape-' || i, NULL, format('SELECT %s AS c%s', i, i));
+    END LOOP;
+END
+$$;
+BEGIN;
+SELECT res_shapes(1, 1100);
+SELECT res_cache_used() AS cache_before \gset
+SELECT res_shapes(1101, 4100);
+SELECT res_cache_used() - :cache_before AS growth \gset
+SELECT :growth < 100000 AS cache_memory_flat;
+SELECT count(*) AS shapes_recorded FROM idem_ledger WHERE key LIKE 'r:shape-%';
+ROLLBACK;
+DROP FUNCTION res_shapes(int, int);
+DROP FUNCTION res_cache_used();
