@@ -13,7 +13,7 @@ set -euo pipefail
 need=()
 [ -x /usr/bin/dpkg-buildpackage ] || need+=(dpkg-dev)
 [ -x /usr/bin/dh ] || need+=(debhelper)
-[ -x /usr/bin/pg_buildext ] && [ -f /usr/share/perl5/Debian/Debhelper/Sequence/pgxs.pm ] ||
+[ -x /usr/bin/pg_buildext ] && [ -f /usr/share/perl5/Debian/Debhelper/Sequence/pgxs_loop.pm ] ||
 	need+=(postgresql-server-dev-all)
 idem_ensure_deps "${need[@]}"
 
