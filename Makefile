@@ -16,7 +16,7 @@ PGFILEDESC = "idempotent - exactly-once effects for message consumers"
 
 # pg_regress: sql/NAME.sql against expected/NAME.out
 REGRESS = setup outcomes_once outcomes_newer outcomes_next outcomes_upsert \
-	claim parameters results fingerprint errors privileges plpgsql retention
+	claim parameters results fingerprint identity errors privileges scopes plpgsql retention
 REGRESS_OPTS = --load-extension=idempotent
 
 # isolation specs: test/isolation/specs/NAME.spec against test/isolation/expected/NAME.out

@@ -12,9 +12,11 @@
 
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/shortest_dec.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "nodes/params.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_param.h"
@@ -659,13 +661,15 @@ statement_run(const IdemStatement *stmt, int64 *rows, Jsonb **result)
  * array, or another type by name) and value, never on a type OID, a session
  * setting or the client library.
  *	- numbers (int2, int4, int8, numeric, float4, float8) by their decimal
- *	  value without insignificant zeros: 25 = 25.00;
+ *	  value without insignificant zeros: 25 = 25.00; a float by the shortest
+ *	  decimal that reads back as it, so distinct floats stay distinct;
  *	- strings (text, varchar, char without its padding, name, an untyped
  *	  literal, an enum's label) by their bytes;
  *	- timestamptz by its instant, whatever TimeZone;
  *	- rows field by field, arrays by dimensions and elements, domains as
  *	  their base type;
- *	- any other type by its name and its binary output.
+ *	- any other type by its name and its binary output, with text inside it
+ *	  left in the database's encoding.
  */
 typedef enum ValueKind
 {
@@ -703,10 +707,37 @@ int_identity(int64 value)
 	return number_identity(buf);
 }
 
+/*
+ * A float as the number its shortest exact decimal spells ("0.1",
+ * "0.30000000000000004", "1e+300", "NaN", "-Infinity"), not rounded to 15
+ * digits as float8_numeric() does: that would make distinct floats equal.
+ */
 static uint64
-float_identity(Datum numeric)
+float_identity(const char *shortest)
 {
+	Datum		numeric = DirectFunctionCall3(numeric_in, CStringGetDatum(shortest),
+											  ObjectIdGetDatum(InvalidOid),
+											  Int32GetDatum(-1));
+
 	return number_identity(numeric_normalize(DatumGetNumeric(numeric)));
+}
+
+static uint64
+float4_identity(float4 value)
+{
+	char		buf[FLOAT_SHORTEST_DECIMAL_LEN];
+
+	float_to_shortest_decimal_buf(value, buf);
+	return float_identity(buf);
+}
+
+static uint64
+float8_identity(float8 value)
+{
+	char		buf[DOUBLE_SHORTEST_DECIMAL_LEN];
+
+	double_to_shortest_decimal_buf(value, buf);
+	return float_identity(buf);
 }
 
 /* A row, field by field by value; dropped columns do not count. */
@@ -767,6 +798,38 @@ array_identity(Datum value, TypeCacheEntry *typentry)
 	return hash;
 }
 
+/*
+ * The binary output of a value with any text in it as the database spells
+ * it.  The send functions of types that hold text (jsonb, json, xml,
+ * tsvector, ...) convert it to the client's encoding, a session setting (and
+ * fail on a character that encoding lacks); while the value is sent, the
+ * client's encoding is the database's, so nothing is converted.
+ */
+static bytea *
+send_unconverted(Oid typsend, Datum value)
+{
+	int			client = pg_get_client_encoding();
+	bytea	   *bytes;
+
+	if (client == GetDatabaseEncoding())
+		return OidSendFunctionCall(typsend, value);
+	if (SetClientEncoding(GetDatabaseEncoding()) < 0)
+		elog(ERROR, "could not switch the client encoding to the database's");
+	PG_TRY();
+	{
+		bytes = OidSendFunctionCall(typsend, value);
+	}
+	PG_FINALLY();
+	{
+		/* the session's conversion is cached: switching back cannot fail */
+		if (SetClientEncoding(client) < 0)
+			elog(ERROR, "could not switch the client encoding back to %s",
+				 pg_encoding_to_char(client));
+	}
+	PG_END_TRY();
+	return bytes;
+}
+
 /* Any other type: its name and its binary output (or text, if it has none). */
 static uint64
 other_identity(Datum value, Oid type)
@@ -781,7 +844,7 @@ other_identity(Datum value, Oid type)
 	hash = hash_kind_bytes(KIND_OTHER, NameStr(form->typname), strlen(NameStr(form->typname)));
 	if (OidIsValid(form->typsend))
 	{
-		bytea	   *bytes = OidSendFunctionCall(form->typsend, value);
+		bytea	   *bytes = send_unconverted(form->typsend, value);
 
 		hash = hash_combine64(hash, hash_bytes_extended((const unsigned char *) VARDATA(bytes),
 														VARSIZE(bytes) - VARHDRSZ, 0));
@@ -814,9 +877,9 @@ value_identity(Datum value, Oid type)
 		case NUMERICOID:
 			return number_identity(numeric_normalize(DatumGetNumeric(value)));
 		case FLOAT4OID:
-			return float_identity(DirectFunctionCall1(float4_numeric, value));
+			return float4_identity(DatumGetFloat4(value));
 		case FLOAT8OID:
-			return float_identity(DirectFunctionCall1(float8_numeric, value));
+			return float8_identity(DatumGetFloat8(value));
 		case TEXTOID:
 		case VARCHAROID:
 			{
