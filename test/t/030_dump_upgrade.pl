@@ -6,7 +6,16 @@
 #      1.0 (every policy, with their rows, results and fingerprints) are still
 #      duplicates, stale or gaps afterwards and are kept forever (expires_at
 #      NULL); idempotent.ttl, idem_purge, idem_forget, idem_reset and idem_get
-#      work after the update, also in a session that was open before it.
+#      work after the update, also in a session that was open before it.  The
+#      same keys go on through 1.1 to 1.2, step by step or in one update.
+#  (e) ALTER EXTENSION idempotent UPDATE from 1.1 to 1.2: keys recorded under
+#      1.1 with arguments of many types keep their identity: each redelivery
+#      of the same request is a duplicate with the original rows and result,
+#      a different request is still ID001; they land in the shared scope of
+#      a primary key on (key, scope).  Besides keys recorded by this library
+#      on a 1.1 ledger, the ledger holds keys as the 1.1 library itself
+#      recorded them (a fixture with its fingerprints).  Before the update the
+#      library serves the 1.1 ledger in the shared scope only.
 #  (b) pg_dump -Fc | pg_restore into a new database: the ledger comes back
 #      row for row (fingerprints, timestamps, expiries), so every key applied
 #      before the dump is a duplicate after the restore and runs nothing; the
@@ -16,10 +25,11 @@
 #  (d) the extension created in a schema of its own, then dropped and created
 #      again while a session that used it stays connected.
 #
-# The installed library is 1.1.  The keys of the 1.0 database are recorded by
-# the same library in a scratch 1.1 database and copied (without expires_at)
-# into the 1.0 ledger, so that both hold exactly the same keys to compare; the
-# library also serves a 1.0 ledger directly until it is updated (tested too).
+# The installed library is 1.2.  The keys of the 1.0 database are recorded by
+# the same library in a scratch 1.1 database (which it fingerprints as 1.1
+# did) and copied (without expires_at) into the 1.0 ledger, so that both hold
+# exactly the same keys to compare; the library also serves a 1.0 ledger
+# directly until it is updated (tested too).
 
 use strict;
 use warnings;
@@ -63,16 +73,15 @@ sub effects
 		q{SELECT coalesce(string_agg(k || '=' || v, ',' ORDER BY k, v), '') FROM effects});
 }
 
-# Every column of every ledger row, expiry included when the column exists.
+# Every column of every ledger row (those of the ledger's version), without
+# expires_at with no_expiry.
 sub ledger
 {
 	my ($db, %opt) = @_;
-	my $exp = $opt{no_expiry} ? '' : ', expires_at';
+	my $exp = $opt{no_expiry} ? q{ - 'expires_at'} : '';
 	return $node->safe_psql($db,
-		qq{SELECT coalesce(string_agg(concat_ws('/', key, policy, version, rows, fingerprint,
-		                                       result::text, applied_at $exp),
-		                              ',' ORDER BY key), '')
-		   FROM idem_ledger});
+		qq{SELECT coalesce(string_agg((to_jsonb(l) $exp)::text, ',' ORDER BY key, l::text), '')
+		   FROM idem_ledger l});
 }
 
 # Keys under every policy, as test/t/002_restart.pl records them.
@@ -144,7 +153,7 @@ $node->safe_psql('postgres', 'CREATE DATABASE upg_calls');
 
 # Keys recorded by this library in a 1.1 database, with ttl 0 (as 1.0 would).
 $node->safe_psql('seed', q{
-CREATE EXTENSION idempotent;
+CREATE EXTENSION idempotent VERSION '1.1';
 CREATE TABLE effects (k text NOT NULL, v int NOT NULL);
 INSERT INTO effects VALUES ('claimed-seq', 0);  -- what the claimer did
 });
@@ -210,9 +219,9 @@ is($early->query(q{SELECT status FROM idem_apply('early', NULL, 'SELECT 1')}),
 	'applied', 'a session on the 1.0 ledger applies');
 $node->safe_psql('upg', q{DELETE FROM idem_ledger WHERE key = 'early'});
 
-$node->safe_psql('upg', 'ALTER EXTENSION idempotent UPDATE');
+$node->safe_psql('upg', q{ALTER EXTENSION idempotent UPDATE TO '1.1'});
 is($node->safe_psql('upg', q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
-	'1.1', 'upg: ALTER EXTENSION UPDATE brings it to 1.1');
+	'1.1', 'upg: ALTER EXTENSION UPDATE TO 1.1 brings it to 1.1');
 is( $node->safe_psql('upg',
 		q{SELECT format_type(atttypid, atttypmod) FROM pg_attribute
 		  WHERE attrelid = 'idem_ledger'::regclass AND attname = 'expires_at'}),
@@ -247,8 +256,9 @@ my $ttl = q{SET idempotent.ttl = '1h'; };
 is(call('upg', 'idem_apply', 'ttl-1', undef, 11, setup => $ttl),
 	'applied|t|||1|[{"k": "ttl-1", "v": 11}]', 'after the update: a key with a ttl applies');
 is( $node->safe_psql('upg',
-		q{SELECT expires_at - applied_at FROM idem_ledger WHERE key = 'ttl-1'}),
-	'01:00:00', 'after the update: it expires an hour after it was applied');
+		q{SELECT expires_at - applied_at BETWEEN interval '1 hour' AND interval '1 hour 1 minute'
+		  FROM idem_ledger WHERE key = 'ttl-1'}),
+	't', 'after the update: it expires an hour after it was applied (counted from its commit)');
 is(call('upg', 'idem_apply', 'ttl-1', undef, 11, setup => $ttl),
 	'duplicate|f|||1|[{"k": "ttl-1", "v": 11}]', 'after the update: a duplicate before expiry');
 $node->safe_psql('upg',
@@ -274,10 +284,47 @@ is(call('upg', 'idem_apply', 'once-1', undef, 1), 'applied|t|||1|[{"k": "once-1"
 # The session opened before the update sees the new ledger.
 is($early->query(q{SET idempotent.ttl = '1h'; SELECT status FROM idem_apply('early', NULL, 'SELECT 1')}),
 	'applied', 'a session opened before the update applies after it');
-is($early->query(q{SELECT expires_at - applied_at FROM idem_ledger WHERE key = 'early'}),
-	'01:00:00', 'that session records expires_at');
+is( $early->query(
+		q{SELECT expires_at - applied_at BETWEEN interval '1 hour' AND interval '1 hour 1 minute'
+		  FROM idem_ledger WHERE key = 'early'}),
+	't', 'that session records expires_at');
 is($early->query('SELECT idem_purge()'), '0', 'that session finds the expiry index');
 $early->quit;
+
+# The same 1.0 keys on to 1.2: through 1.1 step by step, and in one update
+# (which runs the two scripts in turn).
+for my $how ('in two steps', 'in one update')
+{
+	my $db = $how eq 'in two steps' ? 'chain_steps' : 'chain_direct';
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, qq{
+CREATE EXTENSION idempotent VERSION '1.0';
+CREATE TABLE effects (k text NOT NULL, v int NOT NULL);
+COPY idem_ledger FROM '$dir/ledger10.copy';
+COPY effects FROM '$dir/effects.copy';
+});
+	$node->safe_psql($db, q{ALTER EXTENSION idempotent UPDATE TO '1.1'})
+	  if $how eq 'in two steps';
+	$node->safe_psql($db, 'ALTER EXTENSION idempotent UPDATE');
+	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
+		'1.2', "$db: 1.0 updated to 1.2 $how");
+	is( $node->safe_psql($db,
+			q{SELECT count(*) || '/' || count(*) FILTER (WHERE scope = '' AND request_hash IS NULL
+			                                             AND expires_at IS NULL)
+			  FROM idem_ledger}),
+		'6/6', "$db: the six 1.0 keys, in the shared scope, with their 1.0 identity, kept forever");
+	is( $node->safe_psql($db,
+			q{SELECT coalesce(string_agg(concat_ws('/', key, policy, version, rows, fingerprint,
+			                                        result::text, applied_at), ',' ORDER BY key), '')
+			  FROM idem_ledger}),
+		$node->safe_psql('seed',
+			q{SELECT coalesce(string_agg(concat_ws('/', key, policy, version, rows, fingerprint,
+			                                        result::text, applied_at), ',' ORDER BY key), '')
+			  FROM idem_ledger}),
+		"$db: the 1.0 keys are unchanged");
+	check_keys($db, "$db (1.0 -> 1.2 $how)");
+	is(effects($db), $all_effects, "$db: the effects are the 1.0 ones");
+}
 
 ###########################################################################
 # (b) pg_dump -Fc / pg_restore, (c) pg_dump -Fp | psql
@@ -310,7 +357,7 @@ sub check_restored
 {
 	my ($db) = @_;
 	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
-		'1.1', "$db: the extension is at 1.1");
+		'1.2', "$db: the extension is at 1.2");
 	is(ledger($db),  $src_ledger,  "$db: the ledger is restored row for row");
 	is(effects($db), $src_effects, "$db: the effects are restored");
 	is( $node->safe_psql($db,
@@ -352,8 +399,8 @@ IPC::Run::run([ 'pg_dump', '-h', $host, '-p', $port, '-Fp', 'src' ], '>', \$plai
 like($plain, qr/^CREATE EXTENSION IF NOT EXISTS idempotent WITH SCHEMA public;$/m,
 	'the plain dump creates the extension');
 unlike($plain, qr/CREATE TABLE public\.idem_ledger/, 'it does not create the ledger itself');
-like($plain, qr/^COPY public\.idem_ledger \(applied_at, version, rows, fingerprint, policy, key, result, expires_at\) FROM stdin;$/m,
-	'it copies the ledger rows, expires_at included');
+like($plain, qr/^COPY public\.idem_ledger \(applied_at, version, rows, fingerprint, policy, key, result, expires_at, scope, request_hash\b[^)]*\) FROM stdin;$/m,
+	'it copies the ledger rows, expires_at, scope and request_hash included');
 $node->safe_psql('postgres', 'CREATE DATABASE dst_plain');
 my $ok = IPC::Run::run(
 	[ 'pg_dump', '-h', $host, '-p', $port, '-Fp', 'src' ], '2>', \$dump_err,
@@ -383,6 +430,230 @@ is($user->query(q{SELECT status FROM ops2.idem_apply('s:1', NULL, 'SELECT 1')}),
 is($node->safe_psql('schemas', q{SELECT count(*) FROM ops2.idem_ledger WHERE key = 's:1'}),
 	'1', 'schemas: and records the key there');
 $user->quit;
+
+###########################################################################
+# (e) 1.1 -> 1.2: keys recorded under 1.1 keep their identity
+
+note 'upgrade from 1.1 to 1.2';
+
+# Requests under every policy with arguments of many types: name, function,
+# version, the expression its statement stores in calls.args, the arguments
+# after the key, and the arguments of another request on the same key (no
+# arguments at all: undef, and the other request is another statement).
+my @requests = (
+	[ 'int',     'idem_apply',      'NULL', q{format('%s', $2)},        q{42},          q{43} ],
+	[ 'bigint',  'idem_apply',      'NULL', q{format('%s', $2)},        q{9007199254740993::bigint}, q{9007199254740992::bigint} ],
+	[ 'numeric', 'idem_apply',      'NULL', q{format('%s/%s', $2, $3)}, q{25.00::numeric, 42}, q{25.01::numeric, 42} ],
+	[ 'float',   'idem_apply',      'NULL', q{format('%s', $2)},        q{0.1::float8}, q{0.2::float8} ],
+	[ 'text',    'idem_apply',      'NULL', q{format('%s', $2)},        q{'hello'::text}, q{'hullo'::text} ],
+	[ 'varchar', 'idem_apply',      'NULL', q{format('%s', $2)},        q{'hi'::varchar}, q{'ho'::varchar} ],
+	[ 'untyped', 'idem_apply',      'NULL', q{$2},                      q{'abc'},       q{'abd'} ],
+	[ 'tstz',    'idem_apply',      'NULL', q{format('%s', $2)},
+		q{'2026-01-02 03:04:05+02'::timestamptz}, q{'2026-01-02 03:04:06+02'::timestamptz} ],
+	[ 'array',   'idem_apply',      'NULL', q{format('%s', $2)},        q{ARRAY[1, 2, 3]}, q{ARRAY[1, 2, 4]} ],
+	[ 'jsonb',   'idem_apply',      'NULL', q{format('%s', $2)},        q{'{"a": 1}'::jsonb}, q{'{"a": 2}'::jsonb} ],
+	[ 'null',    'idem_apply',      'NULL', q{format('%s/%s', $2, $3)}, q{NULL::int, 7}, q{8, 7} ],
+	[ 'noargs',  'idem_apply',      'NULL', undef,                      undef,          undef ],
+	[ 'newer',   'idem_apply',      '5',    q{format('%s', $2)},        q{50},          q{51} ],
+	[ 'next',    'idem_apply_next', '1',    q{format('%s', $2)},        q{101},         q{102} ],
+	[ 'upsert',  'idem_upsert',     '7',    q{format('%s', $2)},        q{70},          q{71} ],
+	# types of this database: their OIDs were part of 1.1's identity
+	[ 'composite', 'idem_apply', 'NULL', q{format('%s', $2)},
+		q{ROW(25.00, '2026-01-02 03:04:05+02', 'x')::money_at},
+		q{ROW(25.00, '2026-01-02 03:04:05+02', 'z')::money_at} ],
+	[ 'enum', 'idem_apply', 'NULL', q{format('%s', $2)}, q{'happy'::mood}, q{'ok'::mood} ],
+	[ 'composites', 'idem_apply', 'NULL', q{format('%s', $2)},
+		q{ARRAY[ROW(1.5, NULL, 'y')::money_at]}, q{ARRAY[ROW(1.5, NULL, 'w')::money_at]} ],
+);
+
+# The outcome of request $r on key $key (its own arguments, or other => 1:
+# another request's; version => V: at another version) as
+# status|applied|version|previous_version|rows|result; with error => 1,
+# psql's stderr instead.
+sub request
+{
+	my ($db, $key, $r, %opt) = @_;
+	my ($name, $func, $version, $expr, $args, $other) = @$r;
+	$args    = $other        if $opt{other};
+	$version = $opt{version} if defined $opt{version};
+	my $stmt =
+	  defined $expr
+	  ? "INSERT INTO calls (k, args) SELECT \$1, $expr RETURNING k, args"
+	  : "INSERT INTO calls (k, args) VALUES ('$key', '" . ($opt{other} ? 'other' : 'none') . "') RETURNING k, args";
+	my $sql =
+	    ($opt{setup} // '')
+	  . "SELECT status, applied, version, previous_version, rows, result FROM $func('$key', $version, \$s\$$stmt\$s\$"
+	  . (defined $expr ? ", '$key'::text, $args" : '') . ')';
+	if ($opt{error})
+	{
+		my ($rc, $out, $err) = $node->psql($db, $sql, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+		return $err;
+	}
+	return $node->safe_psql($db, $sql);
+}
+
+# What a duplicate of an applied call reports: the stored version both
+# before and after, the original rows and result.
+sub as_duplicate
+{
+	my ($applied) = @_;
+	my ($status, $flag, $version, $previous, $rest) = split /\|/, $applied, 5;
+	return "duplicate|f|$version|$version|$rest";
+}
+
+# Keys as the 1.1 library itself recorded the first fifteen requests, as
+# f:<name>: its fingerprints, rows and results (the fingerprints of these
+# built-in types depend on no OID of this database; they are those of a
+# little-endian machine).
+my @recorded_by_11 = (
+	[ 'f:int',     'o', undef, '4783913186251713891',  '[{"k": "f:int", "args": "42"}]' ],
+	[ 'f:bigint',  'o', undef, '6280283838215277998',  '[{"k": "f:bigint", "args": "9007199254740993"}]' ],
+	[ 'f:numeric', 'o', undef, '-2197106883608659190', '[{"k": "f:numeric", "args": "25.00/42"}]' ],
+	[ 'f:float',   'o', undef, '-2676818644218993984', '[{"k": "f:float", "args": "0.1"}]' ],
+	[ 'f:text',    'o', undef, '-2744120599612075447', '[{"k": "f:text", "args": "hello"}]' ],
+	[ 'f:varchar', 'o', undef, '323217382974985723',   '[{"k": "f:varchar", "args": "hi"}]' ],
+	[ 'f:untyped', 'o', undef, '-4419774354427229210', '[{"k": "f:untyped", "args": "abc"}]' ],
+	[ 'f:tstz',    'o', undef, '-1142111746401891674', '[{"k": "f:tstz", "args": "2026-01-02 01:04:05+00"}]' ],
+	[ 'f:array',   'o', undef, '9215280772009952552',  '[{"k": "f:array", "args": "{1,2,3}"}]' ],
+	[ 'f:jsonb',   'o', undef, '7227998297746079080',  '[{"k": "f:jsonb", "args": "{\\"a\\": 1}"}]' ],
+	[ 'f:null',    'o', undef, '-109768448615540680',  '[{"k": "f:null", "args": "/7"}]' ],
+	[ 'f:noargs',  'o', undef, '-700792446957723910',  '[{"k": "f:noargs", "args": "none"}]' ],
+	[ 'f:newer',   'n', 5,     '-6043662346968900377', '[{"k": "f:newer", "args": "50"}]' ],
+	[ 'f:next',    's', 1,     '-5697091175754237419', '[{"k": "f:next", "args": "101"}]' ],
+	[ 'f:upsert',  'u', 7,     '-4691295803315073933', '[{"k": "f:upsert", "args": "70"}]' ],
+);
+
+$node->safe_psql('postgres', 'CREATE DATABASE upg11');
+$node->safe_psql('postgres', 'CREATE ROLE regress_scope_app');
+$node->safe_psql('upg11', q{
+CREATE EXTENSION idempotent VERSION '1.1';
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TYPE money_at AS (amount numeric, at timestamptz, note text);
+CREATE TABLE calls (k text NOT NULL, args text);
+});
+is($node->safe_psql('upg11', q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
+	'1.1', 'upg11: the extension is at 1.1');
+
+# keys recorded by this library on the 1.1 ledger (t:<name>)
+my %applied;
+for my $r (@requests)
+{
+	my $key = "t:$r->[0]";
+	$applied{$key} = request('upg11', $key, $r);
+	like($applied{$key}, qr/^applied\|t\|/, "upg11: $key applied at 1.1");
+}
+is(request('upg11', 't:next', $requests[13]), as_duplicate($applied{'t:next'}),
+	'upg11: a redelivery at 1.1 is a duplicate');
+is(claim('upg11', 't:claim'), 'applied|t||||', 'upg11: a once claim at 1.1');
+is(claim('upg11', 't:claim-newer', 3), 'applied|t|3|||', 'upg11: a newer claim at 1.1');
+is(claim('upg11', 't:claim-next', 1, 'next'), 'applied|t|1|||', 'upg11: a next claim at 1.1');
+
+# keys as the 1.1 library recorded them, with their effects
+$node->safe_psql('upg11',
+	'INSERT INTO idem_ledger (applied_at, key, policy, version, rows, fingerprint, result) VALUES '
+	  . join(', ',
+		map {
+			sprintf(q{(now(), '%s', '%s', %s, 1, %s, '%s')},
+				$_->[0], $_->[1], $_->[2] // 'NULL', $_->[3], $_->[4])
+		} @recorded_by_11)
+	  . q{; INSERT INTO calls SELECT r->>'k', r->>'args'
+	      FROM idem_ledger, jsonb_array_elements(result) r WHERE key LIKE 'f:%'});
+for my $i (0 .. $#recorded_by_11)
+{
+	my $key = $recorded_by_11[$i][0];
+	my $r   = $requests[$i];
+	die "the 1.1 key $key is not request $r->[0]" unless $key eq "f:$r->[0]";
+	$applied{$key} = 'applied|t|'
+	  . (defined $recorded_by_11[$i][2] ? $recorded_by_11[$i][2] : '')
+	  . "||1|$recorded_by_11[$i][4]";
+}
+is($node->safe_psql('upg11', q{SELECT count(*) FROM idem_ledger WHERE fingerprint IS NULL}),
+	'3', "upg11: every key but the claims' has a 1.1 fingerprint");
+
+# Before the update: the library serves the 1.1 ledger in the shared scope
+# only; a scope is refused (55000, with its hint) and records nothing.
+my $scoped = q{SET idempotent.scope = 'regress_scope_app'; };
+like(request('upg11', 't:scoped', $requests[0], setup => $scoped, error => 1),
+	qr/ERROR:  55000: scopes need version 1\.2 of extension "idempotent".*HINT:  Run ALTER EXTENSION idempotent UPDATE, or set idempotent\.scope to ''\./s,
+	'upg11: a scope on the 1.1 ledger raises 55000 with its hint');
+{
+	my ($rc, $out, $err) = $node->psql('upg11', "${scoped}SELECT status FROM idem_claim('t:scoped-claim')");
+	like($err, qr/ERROR:  scopes need version 1\.2/, 'upg11: so does a claim in a scope');
+}
+is( $node->safe_psql('upg11',
+		q{SELECT count(*) FROM idem_ledger WHERE key LIKE 't:scoped%'}),
+	'0', 'upg11: and nothing was recorded');
+is(request('upg11', 't:int', $requests[0], setup => q{SET idempotent.scope = ''; }),
+	as_duplicate($applied{'t:int'}), "upg11: scope '' is the 1.1 ledger");
+
+my $calls_before  = $node->safe_psql('upg11', q{SELECT string_agg(k || '=' || args, ',' ORDER BY k, args) FROM calls});
+my $nkeys         = $node->safe_psql('upg11', 'SELECT count(*) FROM idem_ledger');
+my $old_columns   = q{SELECT string_agg(concat_ws('/', key, policy, version, rows, fingerprint,
+                                                   result::text, applied_at, expires_at), ',' ORDER BY key)
+                      FROM idem_ledger};
+my $ledger_before = $node->safe_psql('upg11', $old_columns);
+is($nkeys, @requests + @recorded_by_11 + 3, 'upg11: the keys before the update');
+
+$node->safe_psql('upg11', 'ALTER EXTENSION idempotent UPDATE');
+is($node->safe_psql('upg11', q{SELECT extversion FROM pg_extension WHERE extname = 'idempotent'}),
+	'1.2', 'upg11: ALTER EXTENSION UPDATE brings it to 1.2');
+is($node->safe_psql('upg11', q{SELECT pg_get_indexdef('idem_ledger_pkey'::regclass)}),
+	'CREATE UNIQUE INDEX idem_ledger_pkey ON public.idem_ledger USING btree (key, scope)',
+	'upg11: the primary key is (key, scope)');
+is( $node->safe_psql('upg11',
+		q{SELECT count(*) || '/' || count(*) FILTER (WHERE scope = '') || '/' || count(request_hash)
+		  FROM idem_ledger}),
+	"$nkeys/$nkeys/0", 'upg11: every key is there, in the shared scope, with its 1.1 identity only');
+is($node->safe_psql('upg11', $old_columns), $ledger_before, 'upg11: the update changed no key');
+
+# every key: the same request is a duplicate with the original rows and
+# result, another request is ID001; nothing runs, nothing is written (an
+# upsert key applies its own version again: it is stale below it)
+my $ledger_after = ledger('upg11');
+for my $i (0 .. $#requests)
+{
+	my $r = $requests[$i];
+	for my $key ("t:$r->[0]", ($i <= $#recorded_by_11 ? ("f:$r->[0]") : ()))
+	{
+		if ($r->[1] eq 'idem_upsert')
+		{
+			is(request('upg11', $key, $r, version => 6), 'stale|f|7|7||',
+				"after 1.1 -> 1.2: $key at version 6 is stale");
+			next;
+		}
+		is(request('upg11', $key, $r), as_duplicate($applied{$key}),
+			"after 1.1 -> 1.2: $key is a duplicate with its original rows and result");
+		like(request('upg11', $key, $r, other => 1, error => 1),
+			qr/ERROR:  ID001: key "\Q$key\E" was already applied with a different statement or arguments/,
+			"after 1.1 -> 1.2: another request on $key is ID001");
+	}
+}
+is(claim('upg11', 't:claim'), 'duplicate|f||||', 'after 1.1 -> 1.2: the once claim is a duplicate');
+is(claim('upg11', 't:claim-newer', 3), 'duplicate|f|3|3||', 'after 1.1 -> 1.2: the newer claim at 3 is a duplicate');
+is(claim('upg11', 't:claim-next', 1, 'next'), 'duplicate|f|1|1||', 'after 1.1 -> 1.2: the next claim at 1 is a duplicate');
+is($node->safe_psql('upg11', q{SELECT string_agg(k || '=' || args, ',' ORDER BY k, args) FROM calls}),
+	$calls_before, 'after 1.1 -> 1.2: no statement ran again');
+is(ledger('upg11'), $ledger_after, 'after 1.1 -> 1.2: the redeliveries wrote nothing');
+
+# the keys go on under 1.2's identity
+is( $node->safe_psql('upg11',
+		q{SELECT status || '/' || previous_version FROM idem_apply('t:newer', 6, 'SELECT $1 AS amount', 25.00)}),
+	'applied/5', 'after 1.1 -> 1.2: a 1.1 newer key applies a newer version');
+is( $node->safe_psql('upg11',
+		q{SELECT (fingerprint IS NULL) || '/' || (request_hash IS NOT NULL) FROM idem_ledger WHERE key = 't:newer'}),
+	'true/true', 'after 1.1 -> 1.2: and records the identity by value');
+is( $node->safe_psql('upg11',
+		q{SELECT status || '/' || result FROM idem_apply('t:newer', 6, 'SELECT $1 AS amount', 25::int2)}),
+	'duplicate/[{"amount": 25.00}]', 'after 1.1 -> 1.2: whose redelivery with an equal value of another type is a duplicate');
+
+# the same key in a scope is another key
+is(request('upg11', 't:int', $requests[0], setup => $scoped), $applied{'t:int'},
+	'after 1.1 -> 1.2: t:int applies in scope regress_scope_app');
+is( $node->safe_psql('upg11',
+		q{SELECT string_agg(quote_literal(scope), ',' ORDER BY scope) FROM idem_ledger WHERE key = 't:int'}),
+	q{'','regress_scope_app'}, 'after 1.1 -> 1.2: t:int is two keys, one per scope');
+is(request('upg11', 't:int', $requests[0]), as_duplicate($applied{'t:int'}),
+	"after 1.1 -> 1.2: and the 1.1 key in scope '' is still a duplicate");
 
 $node->stop;
 done_testing();
