@@ -38,7 +38,9 @@ _PG_init(void)
 
 	if (process_shared_preload_libraries_in_progress)
 	{
-		idem_register_purge_launcher();
+		/* no purging while pg_upgrade dumps and restores the databases */
+		if (!IsBinaryUpgrade)
+			idem_register_purge_launcher();
 		idem_stats_init();
 	}
 }
