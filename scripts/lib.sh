@@ -6,6 +6,8 @@
 # Sourcing it turns on `set -euo pipefail`, exports PG_CONFIG and puts PostgreSQL 15's bin/ first
 # on PATH. Functions:
 #   idem_ensure_deps [PKG...]   install what the build and the suites need (plus PKG...) if missing
+#                               (PG_BINDIR, PG_PGXS_DIR, PG_INCLUDEDIR_SERVER: where it looks; Debian's
+#                               paths unless set in the environment)
 #   idem_build_install          make clean; make with -Werror; make install (as root)
 #   idem_as_root CMD...         run CMD as root: directly, or through sudo
 #   idem_as_pg CMD...           run CMD as the test user: `postgres` when we are root, else ourselves
@@ -15,13 +17,13 @@
 set -euo pipefail
 
 IDEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # repository root
-PG_BINDIR=/usr/lib/postgresql/15/bin
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BINDIR/pg_config
-PG_PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+PG_PGXS_DIR=${PG_PGXS_DIR:-/usr/lib/postgresql/15/lib/pgxs}
+PG_INCLUDEDIR_SERVER=${PG_INCLUDEDIR_SERVER:-/usr/include/postgresql/15/server}   # pg_config --includedir-server
 PATH=$PG_BINDIR:$PATH
 export PG_CONFIG PATH
 IDEM_PGPORT=${IDEM_PGPORT:-54329}   # fixed is fine: the cluster listens only in its private dir
-IDEM_BASE_PKGS=(postgresql-server-dev-15 libipc-run-perl make gcc)
 
 idem_log() { printf '==> %s\n' "$*"; }
 idem_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -48,20 +50,39 @@ idem_as_pg() {
 	fi
 }
 
-# idem_ensure_deps [PKG...]: make sure PGXS, pg_isolation_regress, IPC::Run, make and gcc (and the
-# Debian packages PKG...) are there; otherwise apt-get install them as root or through sudo.
+# idem_ensure_deps [PKG...]: make sure that every file the build and the suites need is there (the
+# server's programs, its headers, PGXS, pg_regress, pg_isolation_regress, the TAP modules), and
+# IPC::Run, make and gcc, and that the Debian packages PKG... are installed; otherwise apt-get
+# install what provides them, as root or through sudo. Each file is checked by itself, not through
+# another file of the package that used to ship it: in Debian's 15.20, PGXS and the test programs
+# come with postgresql-client-15, and only the headers tell that postgresql-server-dev-15 is there.
 idem_ensure_deps() {
-	local pkgs=() p
-	if [ ! -x "$PG_BINDIR/postgres" ] || [ ! -x "$PG_BINDIR/initdb" ]; then pkgs+=(postgresql-15); fi
-	if [ ! -f "$PG_PGXS_DIR/src/makefiles/pgxs.mk" ] ||
-		[ ! -x "$PG_PGXS_DIR/src/test/isolation/pg_isolation_regress" ] ||
-		! perl -MIPC::Run -e 1 >/dev/null 2>&1 ||
-		! command -v make >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
-		pkgs+=("${IDEM_BASE_PKGS[@]}")
-	fi
+	local pkgs=() need file p
+	local needs=(
+		"$PG_BINDIR/postgres|postgresql-15"
+		"$PG_BINDIR/initdb|postgresql-15"
+		"$PG_BINDIR/pg_ctl|postgresql-15"
+		"$PG_BINDIR/pg_upgrade|postgresql-15"
+		"$PG_INCLUDEDIR_SERVER/postgres.h|postgresql-server-dev-15"
+		"$PG_CONFIG|postgresql-client-15"
+		"$PG_PGXS_DIR/src/makefiles/pgxs.mk|postgresql-client-15"
+		"$PG_PGXS_DIR/src/test/regress/pg_regress|postgresql-client-15"
+		"$PG_PGXS_DIR/src/test/isolation/pg_isolation_regress|postgresql-client-15"
+		"$PG_PGXS_DIR/src/test/perl/PostgreSQL/Test/Cluster.pm|postgresql-client-15"
+	)
+	for need in "${needs[@]}"; do
+		file=${need%|*}
+		[ -e "$file" ] && continue
+		idem_log "missing $file (${need##*|})"
+		pkgs+=("${need##*|}")
+	done
+	perl -MIPC::Run -e 1 >/dev/null 2>&1 || pkgs+=(libipc-run-perl)
+	command -v make >/dev/null 2>&1 || pkgs+=(make)
+	command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
 	for p in "$@"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
 	done
+	mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | awk 'NF && !seen[$0]++')
 	[ ${#pkgs[@]} -eq 0 ] && return 0
 
 	local hint="install them (as root: apt-get install -y ${pkgs[*]}), or rerun as root or as a user with sudo"
