@@ -22,7 +22,8 @@ DROP FUNCTION idem_get(text);
 CREATE FUNCTION idem_get(key text)
 RETURNS TABLE (key text, policy text, version bigint, applied_at timestamptz,
                expires_at timestamptz, expired boolean, rows bigint, result jsonb,
-               scope text)
+               scope text, state text, attempts integer, lease_until timestamptz,
+               last_error text)
 AS 'MODULE_PATHNAME', 'idem_get'
 LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL RESTRICTED;
 
@@ -30,3 +31,74 @@ ALTER FUNCTION idem_forget(text) CALLED ON NULL INPUT;
 ALTER FUNCTION idem_purge(integer) CALLED ON NULL INPUT;
 
 REVOKE EXECUTE ON FUNCTION idem_get(text) FROM PUBLIC;
+
+-- Leases: keys for effects outside the database (idem_begin, idem_complete,
+-- idem_fail), and failures of ordinary keys (poison messages).  Every
+-- column is NULL for an ordinary key applied without failures, so such keys
+-- pay nothing for them, and a dump of 1.1 restores with them NULL.
+--   state        l = leased, c = completed, f = failed (waiting for a retry),
+--                d = dead; NULL for an ordinary key
+--   attempts     lease keys: attempts begun; ordinary keys: failures counted
+--   lease_until  end of the running attempt's lease, or of the wait for a retry
+--   last_error   what the last failure said
+-- Lease keys have policy l and keep the identity of their request in
+-- request_hash.  A key that only counts failures of messages that never
+-- applied has no applied_at.
+ALTER TABLE idem_ledger ADD COLUMN state "char";
+ALTER TABLE idem_ledger ADD COLUMN attempts integer;
+ALTER TABLE idem_ledger ADD COLUMN lease_until timestamptz;
+ALTER TABLE idem_ledger ADD COLUMN last_error text;
+ALTER TABLE idem_ledger ALTER COLUMN applied_at DROP NOT NULL;
+
+CREATE TYPE idem_lease AS (
+    status      text,           -- started, in_progress, duplicate, dead; failed (idem_fail)
+    attempt     integer,        -- the attempt the caller holds, or the key's latest
+    lease_until timestamptz,    -- end of the lease, or of the wait for a retry
+    result      jsonb,          -- for a duplicate: what idem_complete stored
+    last_error  text            -- what the last failure said
+);
+
+-- They write the ledger (VOLATILE, PARALLEL UNSAFE) and deserve an error,
+-- not NULL, for a NULL key (CALLED ON NULL INPUT); they run as the caller.
+CREATE FUNCTION idem_begin(key text, lease interval DEFAULT NULL, request jsonb DEFAULT NULL)
+RETURNS idem_lease
+AS 'MODULE_PATHNAME', 'idem_begin'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION idem_complete(key text, attempt integer, result jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'idem_complete'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION idem_fail(key text, attempt integer, error text, retry_after interval DEFAULT NULL)
+RETURNS idem_lease
+AS 'MODULE_PATHNAME', 'idem_fail'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+REVOKE EXECUTE ON FUNCTION
+    idem_begin(text, interval, jsonb),
+    idem_complete(text, integer, jsonb),
+    idem_fail(text, integer, text, interval)
+FROM PUBLIC;
+
+-- Statistics count leases (a row for policy lease), completions, failures
+-- and dead keys.
+DROP VIEW idem_stat;
+DROP FUNCTION idem_stats();
+CREATE FUNCTION idem_stats(
+    OUT policy text, OUT calls bigint, OUT applied bigint, OUT duplicate bigint,
+    OUT stale bigint, OUT gap bigint, OUT in_progress bigint,
+    OUT started bigint, OUT completed bigint, OUT failed bigint, OUT dead bigint,
+    OUT errors bigint, OUT total_time double precision, OUT mean_time double precision,
+    OUT stats_reset timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'idem_stats'
+LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+
+CREATE VIEW idem_stat AS SELECT * FROM idem_stats();
+
+REVOKE EXECUTE ON FUNCTION idem_stats() FROM PUBLIC;
+REVOKE ALL ON idem_stat FROM PUBLIC;
+GRANT SELECT ON idem_stat TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION idem_stats() TO pg_read_all_stats;
+

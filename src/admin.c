@@ -151,6 +151,14 @@ idem_reset(PG_FUNCTION_ARGS)
 	ledger_open(&ledger);
 	present = probe_locked(&ledger, scope, key, &row);
 	found = present && !ledger_row_expired(&row);
+	if (found && row.policy == IDEM_LEASE)
+		ereport(ERROR,
+				(errcode(ERRCODE_IDEM_POLICY_MISMATCH),
+				 errmsg("key \"%s\" is held by leases, which have no version to reset",
+						text_to_cstring(key)),
+				 errhint("Use idem_forget to make a lease key start again.")));
+	/* a key that only counted failures never applied: reset creates it */
+	found = found && row.has_applied;
 	if (found && PG_ARGISNULL(2))
 		policy = row.policy;
 	if (policy == IDEM_ONCE)
@@ -193,8 +201,9 @@ idem_reset(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(idem_get);
 /*
- * idem_get(key): the key's record in the caller's scope, expired or not; no
- * row when the key is absent.  It reads the ledger with a dirty snapshot, so
+ * idem_get(key): the key's record in the caller's scope, expired or not, with
+ * its lease or failures (state, attempts, lease_until, last_error); no row
+ * when the key is absent.  It reads the ledger with a dirty snapshot, so
  * a key another transaction is writing shows as it was before.
  */
 Datum
@@ -213,14 +222,18 @@ idem_get(PG_FUNCTION_ARGS)
 	probe = ledger_probe(&ledger, scope, key, &row, &writer);
 	if (probe == LEDGER_FOUND)
 	{
-		Datum		values[9];
-		bool		nulls[9] = {0};
+		Datum		values[13];
+		bool		nulls[13] = {0};
+		const char *state = idem_state_name(row.state);
 
 		values[0] = PointerGetDatum(key);
+		/* a key that only counts failures has no policy yet */
 		values[1] = CStringGetTextDatum(idem_policy_name(row.policy));
+		nulls[1] = !row.has_applied;
 		values[2] = Int64GetDatum(row.version);
 		nulls[2] = !row.has_version;
 		values[3] = TimestampTzGetDatum(row.applied_at);
+		nulls[3] = !row.has_applied;
 		values[4] = TimestampTzGetDatum(row.expires_at);
 		nulls[4] = !row.has_expiry;
 		values[5] = BoolGetDatum(row.has_expiry &&
@@ -230,6 +243,14 @@ idem_get(PG_FUNCTION_ARGS)
 		values[7] = PointerGetDatum(row.result);
 		nulls[7] = (row.result == NULL);
 		values[8] = PointerGetDatum(scope);
+		values[9] = state != NULL ? CStringGetTextDatum(state) : (Datum) 0;
+		nulls[9] = (state == NULL);
+		values[10] = Int32GetDatum(row.attempts);
+		nulls[10] = (row.attempts == 0);
+		values[11] = TimestampTzGetDatum(row.lease_until);
+		nulls[11] = !row.has_lease_until;
+		values[12] = PointerGetDatum(row.last_error);
+		nulls[12] = (row.last_error == NULL);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	ledger_close(&ledger);

@@ -172,6 +172,47 @@ decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 	return false;
 }
 
+/*
+ * The row a call decides against: NULL when the key is absent, expired, or
+ * only counts failures of messages that never applied (an applied call then
+ * rewrites that row).  A key held by leases is refused (ID002).  *dead is set
+ * when the key failed idempotent.max_attempts times: the call runs nothing
+ * and reports status dead (idem_dead_outcome).  Batches of claims decide each
+ * key through this too.
+ */
+const LedgerRow *
+idem_decision_row(const IdemRequest *req, LedgerProbe probe, const LedgerRow *row,
+				  bool *dead)
+{
+	*dead = false;
+	if (probe != LEDGER_FOUND || ledger_row_expired(row))
+		return NULL;
+	if (row->policy == IDEM_LEASE)
+		ereport(ERROR,
+				(errcode(ERRCODE_IDEM_POLICY_MISMATCH),
+				 errmsg("key \"%s\" is held by leases, not applied under policy \"%s\"",
+						text_to_cstring(req->key), idem_policy_name(req->policy)),
+				 errhint("Use idem_begin, idem_complete and idem_fail for this key, or another key.")));
+	if (row->state == IDEM_STATE_DEAD)
+	{
+		*dead = true;
+		return row;
+	}
+	return row->has_applied ? row : NULL;
+}
+
+/* The outcome for a dead key: nothing runs, the stored version (if any) stays. */
+void
+idem_dead_outcome(const LedgerRow *row, IdemOutcome *out)
+{
+	memset(out, 0, sizeof(IdemOutcome));
+	out->status = IDEM_DEAD;
+	out->has_version = row->has_applied && row->has_version;
+	out->version = out->has_version ? row->version : 0;
+	out->has_previous = out->has_version;
+	out->previous_version = out->version;
+}
+
 /* Run the statement (if any) and write the ledger row for an applied call. */
 static void
 apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
@@ -252,6 +293,8 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 		LedgerRow	row;
 		LedgerWriter writer;
 		LedgerProbe probe = ledger_probe(&ledger, req->scope, req->key, &row, &writer);
+		const LedgerRow *against;
+		bool		is_dead;
 
 		if (probe == LEDGER_BUSY)
 		{
@@ -271,8 +314,13 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 		}
 
 		/* An expired key is absent, whether or not it was purged yet. */
-		if (!decide(req, probe == LEDGER_FOUND && !ledger_row_expired(&row) ? &row : NULL,
-					out))
+		against = idem_decision_row(req, probe, &row, &is_dead);
+		if (is_dead)
+		{
+			idem_dead_outcome(&row, out);
+			break;
+		}
+		if (!decide(req, against, out))
 			break;
 
 		if (!locked)

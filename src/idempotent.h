@@ -17,6 +17,7 @@
 /* SQLSTATEs of our own, in class ID ("idempotent") */
 #define ERRCODE_IDEM_FINGERPRINT_MISMATCH	MAKE_SQLSTATE('I','D','0','0','1')
 #define ERRCODE_IDEM_POLICY_MISMATCH		MAKE_SQLSTATE('I','D','0','0','2')
+#define ERRCODE_IDEM_ATTEMPT_FENCED		MAKE_SQLSTATE('I','D','0','0','3')
 
 /* Policies; the letter is what the ledger stores in its "policy" column. */
 typedef enum IdemPolicy
@@ -24,8 +25,21 @@ typedef enum IdemPolicy
 	IDEM_ONCE = 'o',			/* run once per key */
 	IDEM_NEWER = 'n',			/* run when version > stored */
 	IDEM_NEXT = 's',			/* run when version = stored + 1 (sequence) */
-	IDEM_UPSERT = 'u'			/* run when version >= stored */
+	IDEM_UPSERT = 'u',			/* run when version >= stored */
+	IDEM_LEASE = 'l'			/* held by leases (idem_begin), lease.c */
 } IdemPolicy;
+
+/*
+ * States of a key in the ledger's "state" column; an ordinary key applied
+ * without failures has none (NULL).  Lease keys go through leased,
+ * completed, failed (waiting for a retry) and dead; an ordinary key whose
+ * messages failed (idem_fail without an attempt) is failed or dead.
+ */
+#define IDEM_STATE_NONE			'\0'
+#define IDEM_STATE_LEASED		'l'
+#define IDEM_STATE_COMPLETED	'c'
+#define IDEM_STATE_FAILED		'f'
+#define IDEM_STATE_DEAD			'd'
 
 /* Outcomes of a call; names and statistics columns are in policy.c. */
 typedef enum IdemStatus
@@ -35,6 +49,10 @@ typedef enum IdemStatus
 	IDEM_STALE,
 	IDEM_GAP,
 	IDEM_IN_PROGRESS,
+	IDEM_DEAD,					/* failed idempotent.max_attempts times */
+	IDEM_STARTED,				/* idem_begin: the caller holds a new attempt */
+	IDEM_FAILED,				/* idem_fail: the attempt ended in failure */
+	IDEM_COMPLETED,				/* idem_complete: the attempt completed */
 	IDEM_NSTATUSES
 } IdemStatus;
 
@@ -84,6 +102,8 @@ extern int	idem_max_key_bytes;
 extern int	idem_max_result_bytes;
 extern int	idem_ttl;
 extern char *idem_scope;
+extern int	idem_lease_ms;
+extern int	idem_max_attempts;
 extern void idem_define_settings(void);
 
 /* policy.c */
@@ -94,8 +114,9 @@ extern int	idem_policy_index(IdemPolicy policy);
 extern IdemStatus idem_policy_decide(IdemPolicy policy, bool found, int64 stored,
 									 int64 version);
 extern const char *idem_status_name(IdemStatus status);
+extern const char *idem_state_name(char state);
 
-#define IDEM_NPOLICIES 4
+#define IDEM_NPOLICIES 5
 
 /* apply.c */
 extern void idem_execute(const IdemRequest *req, IdemOutcome *out);

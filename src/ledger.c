@@ -66,6 +66,10 @@ typedef enum LedgerColumn
 	COL_EXPIRES_AT,
 	COL_SCOPE,
 	COL_LEGACY_FINGERPRINT,
+	COL_STATE,
+	COL_ATTEMPTS,
+	COL_LEASE_UNTIL,
+	COL_LAST_ERROR,
 	NCOLUMNS
 } LedgerColumn;
 
@@ -86,6 +90,10 @@ static const struct
 	[COL_EXPIRES_AT] = {"expires_at", TIMESTAMPTZOID, true},	/* 1.1 */
 	[COL_SCOPE] = {"scope", TEXTOID, true},	/* 1.2 */
 	[COL_LEGACY_FINGERPRINT] = {"fingerprint", INT8OID, false},	/* as 1.0 and 1.1 hashed */
+	[COL_STATE] = {"state", CHAROID, true},	/* 1.2 */
+	[COL_ATTEMPTS] = {"attempts", INT4OID, true},	/* 1.2 */
+	[COL_LEASE_UNTIL] = {"lease_until", TIMESTAMPTZOID, true},	/* 1.2 */
+	[COL_LAST_ERROR] = {"last_error", TEXTOID, true},	/* 1.2 */
 };
 
 /* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
@@ -308,6 +316,14 @@ ledger_stores_fingerprint(void)
 	return cache.attnum[COL_FINGERPRINT] != 0;
 }
 
+/* Whether the ledger keeps leases and failures (version 1.2 on). */
+bool
+ledger_stores_leases(void)
+{
+	return cache.attnum[COL_STATE] != 0 && cache.attnum[COL_ATTEMPTS] != 0 &&
+		cache.attnum[COL_LEASE_UNTIL] != 0 && cache.attnum[COL_LAST_ERROR] != 0;
+}
+
 /* Fill the cache: idem_ledger and its indexes, in the extension's schema. */
 static void
 lookup_relations(void)
@@ -466,7 +482,9 @@ row_from_slot(TupleTableSlot *slot, LedgerRow *row)
 
 	slot_getallattrs(slot);
 	row->tid = slot->tts_tid;
-	row->applied_at = DatumGetTimestampTz(slot_column(slot, COL_APPLIED_AT, &isnull));
+	value = slot_column(slot, COL_APPLIED_AT, &isnull);
+	row->has_applied = !isnull;
+	row->applied_at = isnull ? 0 : DatumGetTimestampTz(value);
 	value = slot_column(slot, COL_VERSION, &isnull);
 	row->has_version = !isnull;
 	row->version = isnull ? 0 : DatumGetInt64(value);
@@ -485,6 +503,15 @@ row_from_slot(TupleTableSlot *slot, LedgerRow *row)
 	value = slot_column(slot, COL_EXPIRES_AT, &isnull);
 	row->has_expiry = !isnull;
 	row->expires_at = isnull ? 0 : DatumGetTimestampTz(value);
+	value = slot_column(slot, COL_STATE, &isnull);
+	row->state = isnull ? IDEM_STATE_NONE : DatumGetChar(value);
+	value = slot_column(slot, COL_ATTEMPTS, &isnull);
+	row->attempts = isnull ? 0 : DatumGetInt32(value);
+	value = slot_column(slot, COL_LEASE_UNTIL, &isnull);
+	row->has_lease_until = !isnull;
+	row->lease_until = isnull ? 0 : DatumGetTimestampTz(value);
+	value = slot_column(slot, COL_LAST_ERROR, &isnull);
+	row->last_error = isnull ? NULL : (text *) DatumGetPointer(value);
 }
 
 /*
@@ -645,7 +672,8 @@ expiry_xact_callback(XactEvent event, void *arg)
 
 /*
  * Stamp a row about to be written: applied now (the transaction's start),
- * expiring idempotent.ttl after its commit if a TTL is set (see above).
+ * expiring idempotent.ttl after its commit if a TTL is set (see above), an
+ * ordinary key with no lease and no failures; lease.c sets those after.
  */
 void
 ledger_stamp_row(LedgerRow *row, text *scope, text *key)
@@ -653,6 +681,12 @@ ledger_stamp_row(LedgerRow *row, text *scope, text *key)
 	MemoryContext old;
 	StampedKey *sk;
 
+	row->state = IDEM_STATE_NONE;
+	row->attempts = 0;
+	row->has_lease_until = false;
+	row->lease_until = 0;
+	row->last_error = NULL;
+	row->has_applied = true;
 	row->applied_at = GetCurrentTransactionStartTimestamp();
 	row->has_expiry = (idem_ttl > 0);
 	row->expires_at = 0;
@@ -750,12 +784,19 @@ form_row(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
 				 errmsg("idempotent.ttl needs version 1.1 of extension \"idempotent\""),
 				 errdetail("This database has version 1.0, whose ledger has no expiry."),
 				 errhint("Run ALTER EXTENSION idempotent UPDATE, or set idempotent.ttl to 0.")));
+	if ((row->state != IDEM_STATE_NONE || !row->has_applied) && !ledger_stores_leases())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("leases and failures need version 1.2 of extension \"idempotent\""),
+				 errdetail("This database's ledger has no state column."),
+				 errhint("Run ALTER EXTENSION idempotent UPDATE.")));
 	for (int i = 0; i < desc->natts; i++)
 	{
 		values[i] = (Datum) 0;
 		nulls[i] = true;
 	}
-	set_column(values, nulls, COL_APPLIED_AT, TimestampTzGetDatum(row->applied_at), false);
+	set_column(values, nulls, COL_APPLIED_AT, TimestampTzGetDatum(row->applied_at),
+			   !row->has_applied);
 	set_column(values, nulls, COL_VERSION, Int64GetDatum(row->version), !row->has_version);
 	set_column(values, nulls, COL_ROWS, Int64GetDatum(row->rows), !row->has_rows);
 	set_column(values, nulls, COL_FINGERPRINT, Int64GetDatum(row->fingerprint),
@@ -768,6 +809,13 @@ form_row(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
 	set_column(values, nulls, COL_RESULT, PointerGetDatum(row->result), row->result == NULL);
 	set_column(values, nulls, COL_EXPIRES_AT, TimestampTzGetDatum(row->expires_at),
 			   !row->has_expiry);
+	set_column(values, nulls, COL_STATE, CharGetDatum(row->state),
+			   row->state == IDEM_STATE_NONE);
+	set_column(values, nulls, COL_ATTEMPTS, Int32GetDatum(row->attempts), row->attempts == 0);
+	set_column(values, nulls, COL_LEASE_UNTIL, TimestampTzGetDatum(row->lease_until),
+			   !row->has_lease_until);
+	set_column(values, nulls, COL_LAST_ERROR, PointerGetDatum(row->last_error),
+			   row->last_error == NULL);
 	tuple = heap_form_tuple(desc, values, nulls);
 	pfree(values);
 	pfree(nulls);
@@ -927,9 +975,31 @@ slot_scope(TupleTableSlot *slot)
 }
 
 /*
+ * Whether the row in the slot is a lease still running or waiting for its
+ * retry: such a row is written without an expiry, but a purge checks anyway,
+ * since deleting it would let a second attempt begin beside the holder.
+ */
+static bool
+slot_is_live_lease(TupleTableSlot *slot)
+{
+	bool		isnull;
+	Datum		state;
+
+	if (cache.attnum[COL_STATE] == 0)
+		return false;
+	state = slot_getattr(slot, cache.attnum[COL_STATE], &isnull);
+	if (isnull)
+		return false;
+	if (DatumGetChar(state) == IDEM_STATE_LEASED)
+		return true;
+	return DatumGetChar(state) == IDEM_STATE_FAILED &&
+		DatumGetChar(slot_getattr(slot, cache.attnum[COL_POLICY], &isnull)) == IDEM_LEASE;
+}
+
+/*
  * Delete up to max_keys keys of scope (NULL: of every scope) that expired by
  * now, in the order of their expiry, through the expiry index; returns how
- * many were deleted.
+ * many were deleted.  Completed and dead keys expire; live leases never do.
  */
 int64
 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text *scope)
@@ -963,7 +1033,7 @@ ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text *scope)
 		if (TransactionIdIsValid(ledger->dirty.xmin) ||
 			TransactionIdIsValid(ledger->dirty.xmax))
 			continue;
-		if (!slot_in_scope(ledger->slot, scope))
+		if (!slot_in_scope(ledger->slot, scope) || slot_is_live_lease(ledger->slot))
 			continue;
 		/* a key an enclosing call is applying is that call's to write */
 		if (idem_key_is_applying(slot_scope(ledger->slot),

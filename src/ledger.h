@@ -37,11 +37,19 @@ typedef struct LedgerRow
 	int64		fingerprint;	/* request identity by value (1.2 on) */
 	bool		has_legacy_fingerprint;
 	int64		legacy_fingerprint; /* identity as 1.0 and 1.1 computed it */
+	bool		has_applied;	/* false: a key that only counts failures of
+								 * messages that never applied (applied_at NULL) */
 	TimestampTz applied_at;
 	Jsonb	   *result;			/* NULL when none; from a probe: possibly
 								 * toasted, valid until the next probe */
 	bool		has_expiry;
 	TimestampTz expires_at;		/* the key counts as absent from then on */
+	/* leases and failures (1.2); ledger_stamp_row() sets an ordinary key's */
+	char		state;			/* IDEM_STATE_*; IDEM_STATE_NONE when NULL */
+	int32		attempts;		/* lease keys: attempts begun; others: failures */
+	bool		has_lease_until;
+	TimestampTz lease_until;	/* end of the lease, or of the wait for a retry */
+	text	   *last_error;		/* NULL when none; from a probe: as result */
 } LedgerRow;
 
 typedef enum LedgerProbe
@@ -73,5 +81,11 @@ extern bool ledger_delete(Ledger *ledger, ItemPointer tid, bool wait);
 extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text *scope);
 extern bool ledger_row_expired(const LedgerRow *row);
 extern void ledger_stamp_row(LedgerRow *row, text *scope, text *key);
+extern bool ledger_stores_leases(void);
+
+/* apply.c: what a call decides against (dead keys, leases), shared with batch.c */
+extern const LedgerRow *idem_decision_row(const IdemRequest *req, LedgerProbe probe,
+										  const LedgerRow *row, bool *dead);
+extern void idem_dead_outcome(const LedgerRow *row, IdemOutcome *out);
 
 #endif							/* IDEM_LEDGER_H */

@@ -4,7 +4,8 @@
  *	  letter in the ledger, its name, whether it takes a version, and how it
  *	  decides a call against the stored version.  Parsing, names, decisions,
  *	  statistics and idem_get all read this table; a new policy is added here
- *	  (and to IdemPolicy in idempotent.h).
+ *	  (and to IdemPolicy in idempotent.h).  The names of statuses and of the
+ *	  ledger's key states are here too.
  */
 #include "postgres.h"
 
@@ -21,6 +22,9 @@ typedef struct PolicyDef
 	IdemStatus	when_new;		/* outcome for a key not yet recorded... */
 	bool		new_needs_one;	/* ...unless its version must be 1 (next) */
 	DecideFn	decide;			/* outcome for a recorded key */
+	bool		lease;			/* keys of idem_begin: not a policy to name
+								 * in idem_claim or idem_reset, decided in
+								 * lease.c */
 } PolicyDef;
 
 static IdemStatus
@@ -49,10 +53,11 @@ decide_upsert(int64 v, int64 s)
 }
 
 static const PolicyDef policies[IDEM_NPOLICIES] = {
-	{IDEM_ONCE, "once", false, IDEM_APPLIED, false, decide_once},
-	{IDEM_NEWER, "newer", true, IDEM_APPLIED, false, decide_newer},
-	{IDEM_NEXT, "next", true, IDEM_APPLIED, true, decide_next},
-	{IDEM_UPSERT, "upsert", true, IDEM_APPLIED, false, decide_upsert},
+	{IDEM_ONCE, "once", false, IDEM_APPLIED, false, decide_once, false},
+	{IDEM_NEWER, "newer", true, IDEM_APPLIED, false, decide_newer, false},
+	{IDEM_NEXT, "next", true, IDEM_APPLIED, true, decide_next, false},
+	{IDEM_UPSERT, "upsert", true, IDEM_APPLIED, false, decide_upsert, false},
+	{IDEM_LEASE, "lease", false, IDEM_STARTED, false, NULL, true},
 };
 
 static const char *const status_names[IDEM_NSTATUSES] = {
@@ -61,6 +66,10 @@ static const char *const status_names[IDEM_NSTATUSES] = {
 	[IDEM_STALE] = "stale",
 	[IDEM_GAP] = "gap",
 	[IDEM_IN_PROGRESS] = "in_progress",
+	[IDEM_DEAD] = "dead",
+	[IDEM_STARTED] = "started",
+	[IDEM_FAILED] = "failed",
+	[IDEM_COMPLETED] = "completed",
 };
 
 /* Position of a policy in the table (statistics rows follow it). */
@@ -91,7 +100,15 @@ idem_parse_policy(const char *name)
 {
 	for (int i = 0; i < IDEM_NPOLICIES; i++)
 		if (strcmp(name, policies[i].name) == 0)
+		{
+			if (policies[i].lease)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("policy \"%s\" cannot be named here", name),
+						 errhint("Keys of policy \"%s\" are held through idem_begin, idem_complete and idem_fail.",
+								 name)));
 			return policies[i].letter;
+		}
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown policy \"%s\"", name),
@@ -105,6 +122,8 @@ idem_policy_decide(IdemPolicy policy, bool found, int64 stored, int64 version)
 {
 	const PolicyDef *def = &policies[idem_policy_index(policy)];
 
+	if (def->lease)
+		elog(ERROR, "policy \"%s\" is decided by its own functions", def->name);
 	if (!found)
 		return def->new_needs_one && version != 1 ? IDEM_GAP : def->when_new;
 	return def->decide(version, stored);
@@ -114,4 +133,25 @@ const char *
 idem_status_name(IdemStatus status)
 {
 	return status_names[status];
+}
+
+/* The name of a key state in the ledger; NULL for an ordinary key. */
+const char *
+idem_state_name(char state)
+{
+	switch (state)
+	{
+		case IDEM_STATE_NONE:
+			return NULL;
+		case IDEM_STATE_LEASED:
+			return "leased";
+		case IDEM_STATE_COMPLETED:
+			return "completed";
+		case IDEM_STATE_FAILED:
+			return "failed";
+		case IDEM_STATE_DEAD:
+			return "dead";
+	}
+	elog(ERROR, "unknown key state \"%c\"", state);
+	return NULL;
 }

@@ -23,6 +23,8 @@ int			idem_max_key_bytes = 512;
 int			idem_max_result_bytes = 65536;
 int			idem_ttl = 0;
 char	   *idem_scope = NULL;
+int			idem_lease_ms = 30000;
+int			idem_max_attempts = 0;
 
 /* Define the settings; called once from _PG_init. */
 void
@@ -61,6 +63,18 @@ idem_define_settings(void)
 							   "Only a role with the privileges of the scope's role may use it.",
 							   &idem_scope, "", PGC_USERSET, 0,
 							   NULL, NULL, NULL);
+	DefineCustomIntVariable("idempotent.lease",
+							"How long idem_begin holds a key when it is given no lease.",
+							"An attempt that neither completes nor fails within its lease is taken over by the next idem_begin.",
+							&idem_lease_ms, 30000, 1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("idempotent.max_attempts",
+							"Failures after which a key is dead; 0 never makes a key dead.",
+							"A dead key runs nothing until idem_forget or idem_reset brings it back.",
+							&idem_max_attempts, 0, 0, INT_MAX,
+							PGC_USERSET, 0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("idempotent.purge_interval",
 							"Time between the purge worker's rounds over all databases; 0 stops it.",
 							"Only with the library in shared_preload_libraries.",

@@ -1,6 +1,7 @@
 /*
  * stats.c
- *	  Call statistics per policy, kept in shared memory with atomic counters
+ *	  Call statistics per policy (lease keys in a row of their own), kept in
+ *	  shared memory with atomic counters
  *	  (no lock on the hot path) when the library is in
  *	  shared_preload_libraries, and shown by idem_stats() / the idem_stat
  *	  view; idem_stats_reset() zeroes them.
@@ -28,12 +29,17 @@ typedef enum StatColumn
 	STAT_STALE,
 	STAT_GAP,
 	STAT_IN_PROGRESS,
+	STAT_STARTED,
+	STAT_COMPLETED,
+	STAT_FAILED,
+	STAT_DEAD,
 	STAT_ERRORS,
 	STAT_TIME_US,
 	STAT_NCOLUMNS
 } StatColumn;
 
-static const IdemPolicy stat_policies[] = {IDEM_ONCE, IDEM_NEWER, IDEM_NEXT, IDEM_UPSERT};
+static const IdemPolicy stat_policies[] = {IDEM_ONCE, IDEM_NEWER, IDEM_NEXT, IDEM_UPSERT,
+	IDEM_LEASE};
 #define STAT_NPOLICIES lengthof(stat_policies)
 
 typedef struct IdemStatsShared
@@ -114,6 +120,10 @@ idem_stats_count(IdemPolicy policy, IdemStatus status, instr_time elapsed)
 		[IDEM_STALE] = STAT_STALE,
 		[IDEM_GAP] = STAT_GAP,
 		[IDEM_IN_PROGRESS] = STAT_IN_PROGRESS,
+		[IDEM_DEAD] = STAT_DEAD,
+		[IDEM_STARTED] = STAT_STARTED,
+		[IDEM_FAILED] = STAT_FAILED,
+		[IDEM_COMPLETED] = STAT_COMPLETED,
 	};
 
 	if (stats != NULL)
