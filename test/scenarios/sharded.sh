@@ -5,9 +5,9 @@
 # unprivileged test user, listening on unix sockets only: a router (examples/sharded/router.sql,
 # PL/Proxy cluster of 8 partitions) and shard nodes A (partitions 0-3), B (4-7) and C (none yet),
 # each with examples/sharded/shard.sql. Then:
-#   1. throughput: one examples/sharded/consumer on node A directly, the same through the
-#      router on keys A owns (the router's cost), and SHARD_CONSUMERS consumers through the
-#      router on keys of both nodes (messages per second per node);
+#   1. throughput, SHARD_ROUNDS rounds, medians: examples/sharded/consumer on node A directly
+#      and the same through the router on keys A owns (the router's cost), with one consumer and
+#      with SHARD_CONSUMERS; then SHARD_CONSUMERS through the router on keys of A and B (per node);
 #   2. the stream: SHARD_CONSUMERS consumers call the router's pay() with a duplicated,
 #      reordered stream of SHARD_MESSAGES payments; each acks every SHARD_ACK_EVERY messages and
 #      on any error goes back to its last ack. A quarter of the way in, node A is killed with
@@ -25,7 +25,8 @@
 #   test/scenarios/sharded.sh          (as root, or as a user with sudo for the install)
 #
 # Settings (environment): SHARD_MESSAGES (12000), SHARD_DUPLICATES (30, % delivered twice),
-# SHARD_CONSUMERS (2), SHARD_ACK_EVERY (20), SHARD_BENCH (3000, messages per throughput run),
+# SHARD_CONSUMERS (2), SHARD_ACK_EVERY (20), SHARD_BENCH (3000, payments per consumer and
+# throughput run), SHARD_ROUNDS (5, throughput rounds; the medians are reported),
 # SHARD_PARTITION (5, moved from B to C), SHARD_NAIVE (1; 0 skips the naive run), SHARD_SEED (1),
 # SHARD_PORT (54340; the clusters use it and the next three), KEEP_TMP=1 keeps the logs.
 # shellcheck source=../../scripts/lib.sh
@@ -41,6 +42,7 @@ DUPLICATES=${SHARD_DUPLICATES:-30}
 CONSUMERS=${SHARD_CONSUMERS:-2}
 ACK_EVERY=${SHARD_ACK_EVERY:-20}
 BENCH=${SHARD_BENCH:-3000}
+ROUNDS=${SHARD_ROUNDS:-5}
 MOVED=${SHARD_PARTITION:-5}
 SEED=${SHARD_SEED:-1}
 PORT=${SHARD_PORT:-54340}
@@ -182,51 +184,65 @@ check "the four clusters listen on unix sockets only" sockets_only
 	CREATE TABLE stream AS
 	  SELECT (row_number() OVER (ORDER BY pos) - 1) % $CONSUMERS AS consumer, key, account, amount, pos
 	  FROM deliveries;
-	-- bench keys: on node A's partitions (direct and via the router), and spread over A and B
-	CREATE TABLE bench AS
-	  SELECT 'direct' AS run, k AS key FROM (SELECT format('bench-d-%s', g) k FROM generate_series(1, $BENCH * 3) g) s
-	    WHERE hashtext(k) & $((PARTITIONS - 1)) < 4
-	  UNION ALL
-	  SELECT 'router', k FROM (SELECT format('bench-r-%s', g) k FROM generate_series(1, $BENCH * 3) g) s
-	    WHERE hashtext(k) & $((PARTITIONS - 1)) < 4;
 SQL
 for ((c = 0; c < CONSUMERS; c++)); do
 	"${PSQL[@]}" -d "$CHECKS" -c "\\copy (SELECT key, account, amount FROM stream WHERE consumer = $c ORDER BY pos) TO '$WORK/stream.$c.csv' CSV"
-	"${PSQL[@]}" -d "$CHECKS" -c "\\copy (SELECT format('bench-s%s-%s', $c, g), 1 + g % $ACCOUNTS, 1.00 FROM generate_series(1, $BENCH) g) TO '$WORK/bench-spread.$c.csv' CSV"
-done
-for run in direct router; do
-	"${PSQL[@]}" -d "$CHECKS" -c "\\copy (SELECT key, 1, 1.00 FROM bench WHERE run = '$run' LIMIT $BENCH) TO '$WORK/bench-$run.csv' CSV"
 done
 DELIVERIES=$("${PSQL[@]}" -d "$CHECKS" -c 'SELECT count(*) FROM stream')
 
 declare -A R	# results
-rate() { awk '/^consumed /{ for (i = 1; i <= NF; i++) if ($i ~ /\/s,$/) { sub(/\/s,/, "", $i); print $i } }' "$1"; }
 
 # --- 1. throughput ---------------------------------------------------------------------------
-idem_log "throughput: $BENCH payments by one consumer on node A directly, then through the router"
-"$CONSUMER" --conninfo "${CONN[a]}" --stream "$WORK/bench-direct.csv" >"$WORK/bench-direct.out" 2>"$WORK/bench-direct.err"
-"$CONSUMER" --conninfo "${CONN[router]}" --stream "$WORK/bench-router.csv" >"$WORK/bench-router.out" 2>"$WORK/bench-router.err"
-R[direct]=$(rate "$WORK/bench-direct.err") R[router]=$(rate "$WORK/bench-router.err")
-idem_log "throughput: $CONSUMERS consumers through the router, $BENCH payments each, keys on A and B"
-t0=$(date +%s%N)
-for ((c = 0; c < CONSUMERS; c++)); do
-	"$CONSUMER" --conninfo "${CONN[router]}" --stream "$WORK/bench-spread.$c.csv" \
-		>"$WORK/bench-spread.$c.out" 2>"$WORK/bench-spread.$c.err" &
-	CONSUMER_PIDS+=($!)
+# bench_run NAME NODE N ONLY_A: N consumers, BENCH fresh payments each, calling NODE (a node, or
+# the router); ONLY_A=1 takes keys of node A's partitions only. Sets RATE (msgs/s, wall clock,
+# all consumers together) and RATE_A, RATE_B (the share applied on A and on B).
+bench_run() {
+	local name=$1 node=$2 n=$3 filter=true c pid t0 ns
+	[ "$4" = 1 ] && filter="hashtext(k) & $((PARTITIONS - 1)) < 4"
+	for ((c = 0; c < n; c++)); do
+		"${PSQL[@]}" -d "$CHECKS" -c "\\copy (SELECT k, 1 + g % $ACCOUNTS, 1.00 FROM (SELECT g,
+			format('bench-%s-%s-%s', '$name', $c, g) AS k FROM generate_series(1, $BENCH * 3) g) s
+			WHERE $filter LIMIT $BENCH) TO '$WORK/bench-$name.$c.csv' CSV"
+	done
+	t0=$(date +%s%N)
+	for ((c = 0; c < n; c++)); do
+		"$CONSUMER" --conninfo "${CONN[$node]}" --stream "$WORK/bench-$name.$c.csv" \
+			>"$WORK/bench-$name.$c.out" 2>"$WORK/bench-$name.$c.err" &
+		CONSUMER_PIDS+=($!)
+	done
+	for pid in "${CONSUMER_PIDS[@]}"; do wait "$pid"; done
+	CONSUMER_PIDS=()
+	ns=$(($(date +%s%N) - t0))
+	RATE=$((n * BENCH * 1000000000 / ns))
+	RATE_A=$(($(q a "SELECT count(*) FROM charges WHERE key LIKE 'bench-$name-%'") * 1000000000 / ns))
+	RATE_B=$(($(q b "SELECT count(*) FROM charges WHERE key LIKE 'bench-$name-%'") * 1000000000 / ns))
+}
+median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
+
+idem_log "throughput: $ROUNDS rounds of: 1 and $CONSUMERS consumers on node A directly, the same through the router, $BENCH payments per consumer"
+declare -a D1 R1 DN RN RNA RNB
+bench_run warm router "$CONSUMERS" 0	# not counted: first connections, caches
+for ((r = 0; r < ROUNDS; r++)); do
+	bench_run "d1r$r" a 1 1; D1+=("$RATE")
+	bench_run "r1r$r" router 1 1; R1+=("$RATE")
+	bench_run "dnr$r" a "$CONSUMERS" 1; DN+=("$RATE")
+	bench_run "rnr$r" router "$CONSUMERS" 0; RN+=("$RATE") RNA+=("$RATE_A") RNB+=("$RATE_B")
 done
-for pid in "${CONSUMER_PIDS[@]}"; do wait "$pid"; done
-CONSUMER_PIDS=()
-ns=$(($(date +%s%N) - t0))
-R[spread]=$((CONSUMERS * BENCH * 1000000000 / ns))
-R[spread_a]=$(($(q a "SELECT count(*) FROM charges WHERE key LIKE 'bench-s%'") * 1000000000 / ns))
-R[spread_b]=$(($(q b "SELECT count(*) FROM charges WHERE key LIKE 'bench-s%'") * 1000000000 / ns))
+R[direct]=$(median "${D1[@]}") R[router]=$(median "${R1[@]}")
+R[direct_n]=$(median "${DN[@]}") R[spread]=$(median "${RN[@]}")
+R[spread_a]=$(median "${RNA[@]}") R[spread_b]=$(median "${RNB[@]}")
 R[router_cost]=$(awk -v d="${R[direct]}" -v r="${R[router]}" 'BEGIN { printf "%.0f", 100 * (1 - r / d) }')
-printf '  one consumer, node A directly:          %6s msgs/s\n' "${R[direct]}"
-printf '  one consumer, through the router:       %6s msgs/s (%s%% fewer)\n' "${R[router]}" "${R[router_cost]}"
-printf '  %s consumers through the router, A + B: %6s msgs/s (A %s/s, B %s/s)\n' \
+R[router_us]=$(awk -v d="${R[direct]}" -v r="${R[router]}" 'BEGIN { printf "%.0f", 1e6 / r - 1e6 / d }')
+echo "  medians of $ROUNDS rounds, messages/s (rounds: ${D1[*]} | ${R1[*]} | ${DN[*]} | ${RN[*]}):"
+printf '    1 consumer,  node A directly:              %6s\n' "${R[direct]}"
+printf '    1 consumer,  through the router to A:      %6s  (%s%% fewer, +%s us per message)\n' \
+	"${R[router]}" "${R[router_cost]}" "${R[router_us]}"
+printf '    %s consumers, node A directly:              %6s\n' "$CONSUMERS" "${R[direct_n]}"
+printf '    %s consumers, through the router to A and B: %6s  (A %s, B %s)\n' \
 	"$CONSUMERS" "${R[spread]}" "${R[spread_a]}" "${R[spread_b]}"
-check "the bench runs applied every payment" eq \
-	"$(cat "$WORK"/bench-*.out | awk '$3 == "applied"' | wc -l)" $((2 * BENCH + CONSUMERS * BENCH))
+bench_sent=$(cat "$WORK"/bench-*.csv | wc -l)
+check "the throughput runs applied every payment ($bench_sent)" eq \
+	"$(cat "$WORK"/bench-*.out | awk '$3 == "applied"' | wc -l)" "$bench_sent"
 
 # --- 2. the stream, with a shard killed and a partition moved --------------------------------
 progress() { cat "$WORK"/stream.*.out 2>/dev/null | wc -l; }	# calls returned (acked or not)
@@ -377,7 +393,7 @@ for ((c = 0; c < CONSUMERS; c++)); do
 done
 R[down]=$((R[errors] - R[fenced]))
 R[recovered]=$(grep -c 'database system was interrupted\|not properly shut down' "${DIR[a]}/server.log" || true)
-R[ledger_expected]=$((MESSAGES + 2 * BENCH + CONSUMERS * BENCH))
+R[ledger_expected]=$((MESSAGES + bench_sent))
 
 echo
 check "the consumers finished the stream (exit status 0)" eq "$rc_all" 0
@@ -446,10 +462,13 @@ row "partition map at the end (partition=node)" "${R[map]}"
 row 'seconds to consume the stream' "${R[stream_secs]}"
 [ "${SHARD_NAIVE:-1}" = 1 ] && row 'naive path: extra charges (first 1500 deliveries each)' "${R[naive_extra]}"
 echo
-echo "  throughput, messages/s (one consumer = one connection, one autocommit call per message):"
-printf '    one consumer, node A directly          %6s\n' "${R[direct]}"
-printf '    one consumer, through the router       %6s   (%s%% fewer than directly)\n' "${R[router]}" "${R[router_cost]}"
-printf '    %s consumers, router, nodes A and B     %6s   (A %s, B %s)\n' "$CONSUMERS" "${R[spread]}" "${R[spread_a]}" "${R[spread_b]}"
+echo "  throughput, messages/s, medians of $ROUNDS rounds (one connection per consumer, one autocommit call"
+echo "  per message; router and nodes share this machine's $(nproc) CPUs):"
+printf '    1 consumer,  node A directly               %6s\n' "${R[direct]}"
+printf '    1 consumer,  through the router            %6s   (%s%% fewer than directly, +%s us per message)\n' \
+	"${R[router]}" "${R[router_cost]}" "${R[router_us]}"
+printf '    %s consumers, node A directly               %6s\n' "$CONSUMERS" "${R[direct_n]}"
+printf '    %s consumers, through the router, A and B   %6s   (A %s, B %s)\n' "$CONSUMERS" "${R[spread]}" "${R[spread_a]}" "${R[spread_b]}"
 echo
 echo "  (whole scenario: $SECONDS s)"
 echo
