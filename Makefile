@@ -10,19 +10,20 @@
 
 EXTENSION = idempotent
 MODULE_big = idempotent
-OBJS = src/idempotent.o src/settings.o src/policy.o src/scope.o src/apply.o src/ledger.o src/statement.o src/admin.o src/worker.o src/stats.o src/lease.o
+OBJS = src/idempotent.o src/settings.o src/policy.o src/scope.o src/apply.o src/ledger.o src/statement.o src/admin.o src/worker.o src/stats.o src/batch.o src/lease.o
 DATA = idempotent--1.0.sql idempotent--1.0--1.1.sql idempotent--1.1--1.2.sql
 PGFILEDESC = "idempotent - exactly-once effects for message consumers"
 
 # pg_regress: sql/NAME.sql against expected/NAME.out
 REGRESS = setup outcomes_once outcomes_newer outcomes_next outcomes_upsert \
-	claim parameters results fingerprint identity errors privileges scopes plpgsql retention leases
+	claim parameters results fingerprint identity errors privileges scopes plpgsql retention batch leases
 REGRESS_OPTS = --load-extension=idempotent
 
 # isolation specs: test/isolation/specs/NAME.spec against test/isolation/expected/NAME.out
 ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read \
 	serializable_skew ledger_invalidation manual_delete savepoint statement_wait upsert_race claim_race three_sessions deadlock \
-	purge_race reindex_swap reindex_new_keys lock_timeout lease_race lease_takeover lease_complete_vs_takeover
+	purge_race reindex_swap reindex_new_keys lock_timeout lease_race lease_takeover lease_complete_vs_takeover \
+	batch_overlap batch_wait_off batch_vs_single
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
 
 # TAP tests (PostgreSQL::Test::Cluster): crashes, restarts

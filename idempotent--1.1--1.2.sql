@@ -102,3 +102,16 @@ REVOKE ALL ON idem_stat FROM PUBLIC;
 GRANT SELECT ON idem_stat TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION idem_stats() TO pg_read_all_stats;
 
+-- Batches: claim the keys of a batch of messages in one call, one row per
+-- element in input order (see README, "Batches").  It writes the ledger
+-- (VOLATILE, PARALLEL UNSAFE) and refuses NULL arrays and elements with an
+-- error (CALLED ON NULL INPUT); a consumer's batch is typically a few hundred
+-- messages.
+CREATE FUNCTION idem_claim_batch(keys text[], versions bigint[] DEFAULT NULL,
+                                 policy text DEFAULT NULL)
+RETURNS TABLE (ord integer, key text, status text, applied boolean, version bigint,
+               previous_version bigint)
+AS 'MODULE_PATHNAME', 'idem_claim_batch'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 500;
+
+REVOKE EXECUTE ON FUNCTION idem_claim_batch(text[], bigint[], text) FROM PUBLIC;

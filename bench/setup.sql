@@ -248,6 +248,66 @@ BEGIN
   VALUES ('growth_dup', total, rep, dup), ('growth_sql', total, rep, sel), ('growth_new', total, rep, new);
 END $$;
 
+-- Batches in-server: nbatch batches of size messages, each one statement, timed around the
+-- statement only (the keys are built before), in one transaction; microseconds per message.
+--   bare      INSERT INTO bench.t SELECT FROM unnest(keys, vals)
+--   pattern   the set-based SQL pattern: the keys into bench.processed ON CONFLICT DO NOTHING,
+--             RETURNING the fresh ones, joined to the messages
+--   claim     idem_claim_batch(keys) and one set-based INSERT of the applied ones
+CREATE FUNCTION bench.run_batch(path text, tag text, nbatch int, size int) RETURNS float8
+LANGUAGE plpgsql AS $$
+DECLARE
+  t0 timestamptz;
+  spent float8 := 0;
+  keys text[];
+  vals bigint[];
+BEGIN
+  FOR b IN 0 .. nbatch - 1 LOOP
+    keys := ARRAY(SELECT bench.key(tag, b::bigint * size + g) FROM generate_series(1, size) g);
+    vals := ARRAY(SELECT b::bigint * size + g FROM generate_series(1, size) g);
+    t0 := clock_timestamp();
+    CASE path
+    WHEN 'bare' THEN
+      INSERT INTO bench.t (k, v) SELECT m.k, m.v FROM unnest(keys, vals) AS m(k, v);
+    WHEN 'pattern' THEN
+      WITH fresh AS (INSERT INTO bench.processed (key) SELECT unnest(keys)
+                     ON CONFLICT DO NOTHING RETURNING key)
+      INSERT INTO bench.t (k, v)
+      SELECT m.k, m.v FROM unnest(keys, vals) AS m(k, v) JOIN fresh ON fresh.key = m.k;
+    WHEN 'claim' THEN
+      WITH fresh AS (SELECT ord FROM idem_claim_batch(keys) WHERE applied)
+      INSERT INTO bench.t (k, v)
+      SELECT m.k, m.v FROM unnest(keys, vals) WITH ORDINALITY AS m(k, v, ord) JOIN fresh USING (ord);
+    END CASE;
+    spent := spent + extract(epoch FROM clock_timestamp() - t0);
+  END LOOP;
+  RETURN spent * 1e6 / (nbatch::float8 * size);
+END $$;
+
+-- One batch measurement on emptied tables: path is bare, pattern_new, pattern_dup, claim_new or
+-- claim_dup; the duplicates are the same batches applied and committed before the timed run.
+CREATE PROCEDURE bench.measure_batch(path text, rep int, nbatch int, size int) LANGUAGE plpgsql AS $$
+DECLARE
+  base text := split_part(path, '_', 1);
+  us float8;
+  rows bigint;
+BEGIN
+  TRUNCATE bench.t, bench.processed, idem_ledger;
+  COMMIT;
+  IF path LIKE '%\_dup' THEN
+    PERFORM bench.run_batch(base, 'btch', nbatch, size);
+    COMMIT;
+  END IF;
+  us := bench.run_batch(base, 'btch', nbatch, size);
+  COMMIT;
+  -- each message inserted exactly once, new or duplicate
+  SELECT count(*) INTO rows FROM bench.t;
+  IF rows <> nbatch::bigint * size THEN
+    RAISE EXCEPTION 'batch path %: % rows inserted, expected %', path, rows, nbatch::bigint * size;
+  END IF;
+  INSERT INTO bench.result VALUES ('batch_path', path, rep, us);
+END $$;
+
 -- Medians (and spread) of every measurement.
 CREATE VIEW bench.summary AS
 SELECT section, name, count(*) AS reps,

@@ -9,6 +9,8 @@
 #     the ledger's bytes per key after VACUUM;
 #   - end to end: pgbench over the unix socket, one message per transaction, 1 and 2 clients;
 #   - batches: 1000 messages per statement and transaction, messages per second on one client.
+#   - batches in-server: 100 batches of 1000 messages, each one statement: the bare insert, the
+#     set-based SQL pattern and idem_claim_batch + one set-based insert, new and duplicate messages.
 # Prints one table with the targets' verdicts (PASS/MISS) and writes it to bench/results/latest.txt,
 # the raw measurements to latest.csv and a plot to latest.png (gnuplot).
 #   BENCH_FULL=1             also measure a ledger of 10 million keys (adds several minutes)
@@ -107,6 +109,16 @@ idem_log "in-server paths: $calls calls per transaction, $reps repetitions, cont
 			# each repetition starts one contender further, so none always runs first or last
 			p=${paths[$(((j + r - 1) % ${#paths[@]}))]}
 			echo "CALL bench.measure_path('$p', $r, $calls);"
+		done
+	done
+} | sql
+
+batch_paths=(bare pattern_new pattern_dup claim_new claim_dup)
+idem_log "batches in-server: 100 batches of 1000 messages, $reps repetitions, contenders interleaved"
+{
+	for ((r = 1; r <= reps; r++)); do
+		for ((j = 0; j < ${#batch_paths[@]}; j++)); do
+			echo "CALL bench.measure_batch('${batch_paths[$(((j + r - 1) % ${#batch_paths[@]}))]}', $r, 100, 1000);"
 		done
 	done
 } | sql
@@ -283,6 +295,21 @@ thousands() { sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta
 	printf '  %-36s %14s\n' 'bare INSERT ... SELECT FROM unnest' "$(calc "${med[batch/bare_c1]} * 1000" %.0f)"
 	printf '  %-36s %14s\n' 'idem_apply per row, new keys' "$(calc "${med[batch/idem_c1]} * 1000" %.0f)"
 	echo
+	printf 'Batches in-server: 100 batches of 1000 messages, each one statement timed on its own\n'
+	printf '(keys built before), median of %s repetitions; duplicates: the same batches committed before.\n' "$reps"
+	printf '  %-52s %9s %9s\n' contender 'us/msg' 'x bare'
+	for p in bare pattern_new pattern_dup claim_new claim_dup; do
+		case $p in
+		bare) l='bare INSERT ... SELECT FROM unnest' ;;
+		pattern_new) l='SQL pattern (ON CONFLICT ... RETURNING), new' ;;
+		pattern_dup) l='SQL pattern (ON CONFLICT ... RETURNING), duplicate' ;;
+		claim_new) l='idem_claim_batch + one set-based INSERT, new' ;;
+		claim_dup) l='idem_claim_batch + one set-based INSERT, duplicate' ;;
+		esac
+		printf '  %-52s %9s %9s\n' "$l" "$(calc "${med[batch_path/$p]}")" \
+			"$(calc "${med[batch_path/$p]} / ${med[batch_path/bare]}")"
+	done
+	echo
 	printf 'Targets\n'
 	printf '  %-52s %12s  %-12s %s\n' target measured limit verdict
 	target 'new key: idem_apply once / bare' "${med[path/once_new]} / $bare" '<=' 1.5 x
@@ -299,6 +326,9 @@ thousands() { sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta
 	target 'pgbench, 1 client: idem_apply / bare TPS' "${med[pgbench/idem_c1]} / ${med[pgbench/bare_c1]}" '>=' 0.95 x
 	target 'pgbench, 2 clients: idem_apply / bare TPS' "${med[pgbench/idem_c2]} / ${med[pgbench/bare_c2]}" '>=' 0.95 x
 	target 'batch: new messages per second, 1 client' "${med[batch/idem_c1]} * 1000" '>=' 100000 '' %.0f
+	target 'batch, new: SQL pattern / idem_claim_batch' "${med[batch_path/pattern_new]} / ${med[batch_path/claim_new]}" '>=' 2 x
+	target 'batch, new: idem_claim_batch / bare insert' "${med[batch_path/claim_new]} / ${med[batch_path/bare]}" '<=' 4 x
+	target 'batch, duplicate: SQL pattern / idem_claim_batch' "${med[batch_path/pattern_dup]} / ${med[batch_path/claim_dup]}" '>=' 2 x
 	echo "  $met of $total targets met"
 	printf '\n(%s s in all; raw measurements in %s, plot in %s)\n' "$(($(date +%s) - started))" \
 		"${out_dir#"$IDEM_ROOT"/}/latest.csv" "${out_dir#"$IDEM_ROOT"/}/latest.png"

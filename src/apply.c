@@ -140,10 +140,10 @@ replay(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 /*
  * Decide the outcome of a request against the ledger row (NULL: key absent).
  * Fills out->status and the version fields; returns true if the statement
- * should run.
+ * should run.  idem_claim_batch (batch.c) decides each element with it too.
  */
-static bool
-decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
+bool
+idem_decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 {
 	out->has_previous = (row != NULL && row->has_version);
 	out->previous_version = out->has_previous ? row->version : 0;
@@ -170,6 +170,42 @@ decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 	if (out->status == IDEM_DUPLICATE)
 		replay(req, row, out);
 	return false;
+}
+
+/*
+ * The ledger row an applied request writes, as it is before the statement
+ * runs: no rows or result yet, and not stamped (ledger_stamp_row).  Refuses
+ * a read-only transaction.
+ */
+void
+idem_new_row(const IdemRequest *req, LedgerRow *row)
+{
+	/* The statement would be refused too, but a claim has none. */
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot record key \"%s\" in a read-only transaction",
+						text_to_cstring(req->key))));
+
+	row->policy = req->policy;
+	row->has_version = req->has_version;
+	row->version = req->version;
+	row->has_fingerprint = false;
+	row->has_legacy_fingerprint = false;
+	if (req->stmt != NULL && ledger_stores_fingerprint())
+	{
+		row->has_fingerprint = true;
+		row->fingerprint = req->fingerprint;
+	}
+	else if (req->stmt != NULL)
+	{
+		/* a ledger not updated to 1.2 yet keeps 1.1's identity */
+		row->has_legacy_fingerprint = true;
+		row->legacy_fingerprint = statement_legacy_fingerprint(req->stmt);
+	}
+	row->has_rows = false;
+	row->rows = 0;
+	row->result = NULL;
 }
 
 /*
@@ -220,32 +256,7 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 {
 	LedgerRow	row;
 
-	/* The statement would be refused too, but a claim has none. */
-	if (XactReadOnly)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot record key \"%s\" in a read-only transaction",
-						text_to_cstring(req->key))));
-
-	row.policy = req->policy;
-	row.has_version = req->has_version;
-	row.version = req->version;
-	row.has_fingerprint = false;
-	row.has_legacy_fingerprint = false;
-	if (req->stmt != NULL && ledger_stores_fingerprint())
-	{
-		row.has_fingerprint = true;
-		row.fingerprint = req->fingerprint;
-	}
-	else if (req->stmt != NULL)
-	{
-		/* a ledger not updated to 1.2 yet keeps 1.1's identity */
-		row.has_legacy_fingerprint = true;
-		row.legacy_fingerprint = statement_legacy_fingerprint(req->stmt);
-	}
-	row.has_rows = false;
-	row.rows = 0;
-	row.result = NULL;
+	idem_new_row(req, &row);
 	ledger_stamp_row(&row, req->scope, req->key);
 
 	/* Let go of the probed ledger pages while the statement runs. */
@@ -320,7 +331,7 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 			idem_dead_outcome(&row, out);
 			break;
 		}
-		if (!decide(req, against, out))
+		if (!idem_decide(req, against, out))
 			break;
 
 		if (!locked)

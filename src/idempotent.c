@@ -50,14 +50,22 @@ text *
 idem_key_arg(FunctionCallInfo fcinfo)
 {
 	text	   *key;
-	int			len;
 
 	if (PG_ARGISNULL(ARG_KEY))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("key must not be null")));
 	key = PG_GETARG_TEXT_PP(ARG_KEY);
-	len = VARSIZE_ANY_EXHDR(key);
+	idem_check_key(key);
+	return key;
+}
+
+/* Refuse an empty key or one longer than idempotent.max_key_bytes. */
+void
+idem_check_key(text *key)
+{
+	int			len = VARSIZE_ANY_EXHDR(key);
+
 	if (len == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -69,7 +77,6 @@ idem_key_arg(FunctionCallInfo fcinfo)
 				 errdetail("The key is %d bytes; the limit is %d bytes.",
 						   len, idem_max_key_bytes),
 				 errhint("Use a shorter key, such as a hash of the business key, or raise idempotent.max_key_bytes.")));
-	return key;
 }
 
 /* Read the version; policy once takes none, the others need one. */

@@ -128,5 +128,6 @@ extern text *idem_current_scope(void);
 
 /* idempotent.c */
 extern text *idem_key_arg(FunctionCallInfo fcinfo);
+extern void idem_check_key(text *key);
 
 #endif							/* IDEMPOTENT_H */

@@ -83,6 +83,10 @@ extern bool ledger_row_expired(const LedgerRow *row);
 extern void ledger_stamp_row(LedgerRow *row, text *scope, text *key);
 extern bool ledger_stores_leases(void);
 
+/* apply.c: the protocol's steps that idem_claim_batch (batch.c) shares */
+extern bool idem_decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out);
+extern void idem_new_row(const IdemRequest *req, LedgerRow *row);
+
 /* apply.c: what a call decides against (dead keys, leases), shared with batch.c */
 extern const LedgerRow *idem_decision_row(const IdemRequest *req, LedgerProbe probe,
 										  const LedgerRow *row, bool *dead);
