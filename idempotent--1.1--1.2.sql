@@ -16,6 +16,20 @@ ALTER TABLE idem_ledger
 -- recognized; new keys leave fingerprint NULL.
 ALTER TABLE idem_ledger ADD COLUMN request_hash bigint;
 
+-- idem_get, idem_stats() and the view idem_stat change their columns, so
+-- they are dropped and created again below.  The privileges granted on them
+-- are carried over by copying their ACLs: a GRANT in this script would be
+-- recorded as the extension's initial privileges, which pg_dump leaves out.
+SELECT pg_catalog.set_config('idempotent_upgrade.get_acl',
+           coalesce((SELECT proacl::text FROM pg_catalog.pg_proc
+                     WHERE oid = '@extschema@.idem_get(text)'::pg_catalog.regprocedure), ''), true),
+       pg_catalog.set_config('idempotent_upgrade.stats_acl',
+           coalesce((SELECT proacl::text FROM pg_catalog.pg_proc
+                     WHERE oid = '@extschema@.idem_stats()'::pg_catalog.regprocedure), ''), true),
+       pg_catalog.set_config('idempotent_upgrade.stat_acl',
+           coalesce((SELECT relacl::text FROM pg_catalog.pg_class
+                     WHERE oid = '@extschema@.idem_stat'::pg_catalog.regclass), ''), true);
+
 -- Operators' functions in C: they respect scopes, and a NULL key is an
 -- error (22004) rather than a NULL answer.
 DROP FUNCTION idem_get(text);
@@ -81,12 +95,13 @@ REVOKE EXECUTE ON FUNCTION
     idem_fail(text, integer, text, interval)
 FROM PUBLIC;
 
--- Statistics count leases (a row for policy lease), completions, failures
--- and dead keys.
+-- Statistics per scope (each caller sees the scopes it may use; superusers
+-- and pg_read_all_stats see all), counting leases (a row for policy lease),
+-- completions, failures and dead keys.
 DROP VIEW idem_stat;
 DROP FUNCTION idem_stats();
 CREATE FUNCTION idem_stats(
-    OUT policy text, OUT calls bigint, OUT applied bigint, OUT duplicate bigint,
+    OUT scope text, OUT policy text, OUT calls bigint, OUT applied bigint, OUT duplicate bigint,
     OUT stale bigint, OUT gap bigint, OUT in_progress bigint,
     OUT started bigint, OUT completed bigint, OUT failed bigint, OUT dead bigint,
     OUT errors bigint, OUT total_time double precision, OUT mean_time double precision,
@@ -101,6 +116,21 @@ REVOKE EXECUTE ON FUNCTION idem_stats() FROM PUBLIC;
 REVOKE ALL ON idem_stat FROM PUBLIC;
 GRANT SELECT ON idem_stat TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION idem_stats() TO pg_read_all_stats;
+
+-- The privileges granted on idem_get, idem_stats() and idem_stat under 1.1
+-- (saved above), those of 1.1's own script included.
+UPDATE pg_catalog.pg_proc
+   SET proacl = pg_catalog.current_setting('idempotent_upgrade.get_acl')::pg_catalog.aclitem[]
+ WHERE oid = '@extschema@.idem_get(text)'::pg_catalog.regprocedure
+   AND pg_catalog.current_setting('idempotent_upgrade.get_acl') <> '';
+UPDATE pg_catalog.pg_proc
+   SET proacl = pg_catalog.current_setting('idempotent_upgrade.stats_acl')::pg_catalog.aclitem[]
+ WHERE oid = '@extschema@.idem_stats()'::pg_catalog.regprocedure
+   AND pg_catalog.current_setting('idempotent_upgrade.stats_acl') <> '';
+UPDATE pg_catalog.pg_class
+   SET relacl = pg_catalog.current_setting('idempotent_upgrade.stat_acl')::pg_catalog.aclitem[]
+ WHERE oid = '@extschema@.idem_stat'::pg_catalog.regclass
+   AND pg_catalog.current_setting('idempotent_upgrade.stat_acl') <> '';
 
 -- Batches: claim the keys of a batch of messages in one call, one row per
 -- element in input order (see README, "Batches").  It writes the ledger

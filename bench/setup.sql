@@ -90,7 +90,7 @@ DECLARE
 BEGIN
   FOR _i IN 1..n LOOP
     _k := bench.key(tag, _i);
-    INSERT INTO bench.record (applied_at, rows, fingerprint, policy, key)
+    INSERT INTO bench.record (applied_at, rows, request_hash, policy, key)
     VALUES (now(), 1, 1234567890123, 'o', _k);
   END LOOP;
   RETURN bench.us_per_call(t0, n);

@@ -160,12 +160,12 @@ done
 # ---------------------------------------------------------------------------------------------
 idem_log "growth: ledgers of ${sizes[*]} keys, $growth_calls calls x $reps repetitions each"
 # Preloaded rows look like those idem_apply writes for a once key whose statement returned no
-# rows, with the fingerprint of the statement that bench.run_dup_preloaded repeats.
+# rows, with the request identity of the statement that bench.run_dup_preloaded repeats.
 fp=$(sql -At <<-'EOF'
 	TRUNCATE bench.t, bench.processed, idem_ledger;
 	BEGIN;
 	SELECT (idem_apply('fingerprint-probe', NULL, 'SELECT 1 WHERE false')).status \gset
-	SELECT fingerprint FROM idem_ledger WHERE key = 'fingerprint-probe';
+	SELECT request_hash FROM idem_ledger WHERE key = 'fingerprint-probe';
 	ROLLBACK;
 EOF
 )
@@ -174,7 +174,7 @@ prev=0
 for size in "${sizes[@]}"; do
 	echo "    preloading the ledger to $size keys"
 	sql <<-EOF
-		INSERT INTO idem_ledger (applied_at, version, rows, fingerprint, policy, key)
+		INSERT INTO idem_ledger (applied_at, version, rows, request_hash, policy, key)
 		SELECT now(), NULL, 0, $fp, 'o', bench.key('pre_', i) FROM generate_series($((prev + 1)), $size) i;
 		VACUUM ANALYZE idem_ledger;
 		INSERT INTO bench.result

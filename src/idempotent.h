@@ -111,6 +111,7 @@ extern IdemPolicy idem_parse_policy(const char *name);
 extern const char *idem_policy_name(IdemPolicy policy);
 extern bool idem_policy_takes_version(IdemPolicy policy);
 extern int	idem_policy_index(IdemPolicy policy);
+extern IdemPolicy idem_policy_at(int index);
 extern IdemStatus idem_policy_decide(IdemPolicy policy, bool found, int64 stored,
 									 int64 version);
 extern const char *idem_status_name(IdemStatus status);

@@ -83,6 +83,14 @@ idem_policy_index(IdemPolicy policy)
 	return 0;
 }
 
+/* The policy at a position of the table, for those who list them all. */
+IdemPolicy
+idem_policy_at(int index)
+{
+	Assert(index >= 0 && index < IDEM_NPOLICIES);
+	return policies[index].letter;
+}
+
 const char *
 idem_policy_name(IdemPolicy policy)
 {

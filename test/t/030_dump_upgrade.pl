@@ -655,5 +655,30 @@ is( $node->safe_psql('upg11',
 is(request('upg11', 't:int', $requests[0]), as_duplicate($applied{'t:int'}),
 	"after 1.1 -> 1.2: and the 1.1 key in scope '' is still a duplicate");
 
+# (f) privileges granted under 1.1 on what 1.2 creates again (idem_get,
+# idem_stats, idem_stat) survive the update, and a dump still carries them
+note 'privileges across 1.1 -> 1.2';
+$node->safe_psql('postgres', 'CREATE DATABASE upg_acl');
+$node->safe_psql('upg_acl', q{
+CREATE EXTENSION idempotent VERSION '1.1';
+CREATE ROLE regress_acl_reader;
+GRANT EXECUTE ON FUNCTION idem_get(text) TO regress_acl_reader;
+GRANT SELECT ON idem_stat TO regress_acl_reader;
+ALTER EXTENSION idempotent UPDATE TO '1.2';
+});
+is( $node->safe_psql('upg_acl',
+		q{SELECT concat_ws('/', has_function_privilege('regress_acl_reader', 'idem_get(text)', 'EXECUTE'),
+		                        has_table_privilege('regress_acl_reader', 'idem_stat', 'SELECT'),
+		                        has_function_privilege('regress_acl_reader', 'idem_apply(text, bigint, text)', 'EXECUTE'),
+		                        has_function_privilege('public', 'idem_get(text)', 'EXECUTE'))}),
+	't/t/f/f', 'after 1.1 -> 1.2: the grants on idem_get and idem_stat are kept, nothing more');
+my ($dump_out) = run_command([ 'pg_dump', '-s', '-h', $host, '-p', $port, 'upg_acl' ]);
+like($dump_out, qr/^GRANT ALL ON FUNCTION public\.idem_get\(key text\) TO regress_acl_reader;$/m,
+	'after 1.1 -> 1.2: pg_dump carries the grant on idem_get');
+like($dump_out, qr/^GRANT SELECT ON TABLE public\.idem_stat TO regress_acl_reader;$/m,
+	'after 1.1 -> 1.2: pg_dump carries the grant on idem_stat');
+$node->safe_psql('postgres', 'DROP DATABASE upg_acl');
+$node->safe_psql('postgres', 'DROP ROLE regress_acl_reader');
+
 $node->stop;
 done_testing();

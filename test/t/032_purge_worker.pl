@@ -126,6 +126,31 @@ is($node->safe_psql('postgres', q{SELECT bool_and(total_time > 0) FROM idem_stat
 $node->safe_psql('postgres', q{SELECT idem_stats_reset()});
 is($node->safe_psql('postgres', q{SELECT sum(calls) FROM idem_stat}), '0', 'idem_stats_reset zeroes them');
 
+# statistics per scope: each caller sees the shared scope and the scopes it
+# may use; pg_read_all_stats and superusers see every scope
+$node->safe_psql('postgres', q{
+CREATE ROLE regress_stat_a; CREATE ROLE regress_stat_b;
+CREATE ROLE regress_stat_app_a LOGIN IN ROLE regress_stat_a;
+CREATE ROLE regress_stat_watcher LOGIN IN ROLE pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION idem_claim(text, bigint, text), idem_stats() TO regress_stat_app_a;
+GRANT SELECT ON idem_stat TO regress_stat_app_a;
+SET idempotent.scope = 'regress_stat_a';
+SELECT idem_claim('sc:1'); SELECT idem_claim('sc:1'); SELECT idem_claim('sc:2');
+SET idempotent.scope = 'regress_stat_b';
+SELECT idem_claim('sc:1');
+RESET idempotent.scope;
+SELECT idem_claim('sc:shared');
+});
+my $by_scope = q{SELECT string_agg(format('%s:%s/%s/%s', scope, calls, applied, duplicate), ' ' ORDER BY scope)
+                 FROM idem_stat WHERE policy = 'once'};
+is($node->safe_psql('postgres', $by_scope),
+	':1/1/0 regress_stat_a:3/2/1 regress_stat_b:1/1/0', 'idem_stat counts per scope');
+is($node->safe_psql('postgres', "SET ROLE regress_stat_app_a; $by_scope"),
+	':1/1/0 regress_stat_a:3/2/1', 'a member of scope a sees the shared scope and a, not b');
+is($node->safe_psql('postgres', "SET ROLE regress_stat_watcher; $by_scope"),
+	':1/1/0 regress_stat_a:3/2/1 regress_stat_b:1/1/0', 'pg_read_all_stats sees every scope');
+$node->safe_psql('postgres', q{SELECT idem_stats_reset()});
+
 $node->stop('fast');
 my $log = slurp_file($node->logfile);
 unlike($log, qr/background worker "idempotent purge" \(PID \d+\) (exited with exit code [1-9]|was terminated)/,
