@@ -20,8 +20,9 @@
 #   4. switch: point the router's partition map at TARGET (ALTER SERVER ... OPTIONS (SET pN ...));
 #      router sessions reload it at their next call, and retried keys now reach TARGET;
 #   5. clean up: delete the partition's rows and its entry on SOURCE, in one transaction.
-# A failure before step 4 leaves the partition fenced on SOURCE and absent from TARGET: fix the
-# cause and run the script again (it resumes from a fenced partition).
+# A failure leaves the partition fenced on SOURCE (refused there, not lost): fix the cause and
+# run the script again. It starts again from the fence if TARGET does not have the partition yet,
+# and from the switch if it does.
 set -euo pipefail
 
 if [ $# -ne 4 ]; then
@@ -53,8 +54,14 @@ src_version=$(ext "$SOURCE" extversion) dst_version=$(ext "$TARGET" extversion)
 	die "SOURCE has idempotent $src_version, TARGET $dst_version: update them to the same version first"
 state=$(q "$SOURCE" "SELECT state FROM shard_partitions WHERE partition = $P")
 [ "$state" = active ] || [ "$state" = fenced ] || die "SOURCE does not own partition $P"
-[ -z "$(q "$TARGET" "SELECT state FROM shard_partitions WHERE partition = $P")" ] ||
-	die "TARGET already has partition $P"
+# A run that stopped after step 3 left the partition fenced on SOURCE and active on TARGET:
+# go on from step 4.
+resume=0
+case $state/$(q "$TARGET" "SELECT state FROM shard_partitions WHERE partition = $P") in
+*/) ;;
+fenced/active) resume=1 ;;
+*) die "TARGET already has partition $P" ;;
+esac
 [ "$(q "$ROUTER" "SELECT count(*) FROM pg_foreign_server s, unnest(s.srvoptions) o
 	WHERE s.srvname = '$SERVER' AND o LIKE 'p$P=%'")" = 1 ] ||
 	die "the router has no partition $P in server $SERVER"
@@ -71,40 +78,50 @@ columns() { q "$1" "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnam
 for n in "${names[@]}"; do
 	COLS[$n]=$(columns "$SOURCE" "${SRC[$n]}")
 	[ "${COLS[$n]}" = "$(columns "$TARGET" "${DST[$n]}")" ] || die "${DST[$n]} has other columns on TARGET"
-	[ "$(q "$TARGET" "SELECT count(*) FROM ${DST[$n]} WHERE shard_partition(key) = $P")" = 0 ] ||
+	[ "$resume" = 1 ] ||
+		[ "$(q "$TARGET" "SELECT count(*) FROM ${DST[$n]} WHERE shard_partition(key) = $P")" = 0 ] ||
 		die "TARGET already holds rows of partition $P in ${DST[$n]}"
 done
+count() { q "$1" "SELECT count(*) FROM $2 WHERE shard_partition(key) = $P"; }
 
-# --- 1. fence ------------------------------------------------------------------------------
 t0=$(now_ms)
-"${PSQL[@]}" -d "$SOURCE" >/dev/null <<-SQL
-	BEGIN;
-	SET LOCAL lock_timeout = '30s';
-	SELECT pg_advisory_xact_lock(7411, $P);
-	UPDATE shard_partitions SET state = 'fenced' WHERE partition = $P;
-	COMMIT;
-SQL
-say "partition $P fenced on SOURCE (calls in flight committed; its keys are refused from now on)"
+if [ "$resume" = 0 ]; then
+	# --- 1. fence --------------------------------------------------------------------------
+	"${PSQL[@]}" -d "$SOURCE" >/dev/null <<-SQL
+		BEGIN;
+		SET LOCAL lock_timeout = '30s';
+		SELECT pg_advisory_xact_lock(7411, $P);
+		UPDATE shard_partitions SET state = 'fenced' WHERE partition = $P;
+		COMMIT;
+	SQL
+	say "partition $P fenced on SOURCE (calls in flight committed; its keys are refused from now on)"
 
-# --- 2. copy out -----------------------------------------------------------------------------
-declare -A COUNT
-for n in "${names[@]}"; do
-	q "$SOURCE" "\\copy (SELECT ${COLS[$n]} FROM ${SRC[$n]} WHERE shard_partition(key) = $P) TO '$work/$n.copy'"
-	COUNT[$n]=$(wc -l <"$work/$n.copy")
-done
+	# --- 2. copy out -------------------------------------------------------------------------
+	declare -A COUNT
+	for n in "${names[@]}"; do
+		q "$SOURCE" "\\copy (SELECT ${COLS[$n]} FROM ${SRC[$n]} WHERE shard_partition(key) = $P) TO '$work/$n.copy'"
+		COUNT[$n]=$(wc -l <"$work/$n.copy")
+	done
 
-# --- 3. load into TARGET and activate, one transaction --------------------------------------
-{
-	echo 'BEGIN;'
-	for n in "${names[@]}"; do echo "\\copy ${DST[$n]} (${COLS[$n]}) FROM '$work/$n.copy'"; done
-	echo "INSERT INTO shard_partitions VALUES ($P, 'active');"
-	echo 'COMMIT;'
-} | "${PSQL[@]}" -d "$TARGET" >/dev/null
-for n in "${names[@]}"; do
-	got=$(q "$TARGET" "SELECT count(*) FROM ${DST[$n]} WHERE shard_partition(key) = $P")
-	[ "$got" = "${COUNT[$n]}" ] || die "TARGET has $got rows of partition $P in ${DST[$n]}, SOURCE had ${COUNT[$n]}"
-	say "copied ${COUNT[$n]} rows of ${SRC[$n]}"
-done
+	# --- 3. load into TARGET, check the counts, activate: one transaction --------------------
+	{
+		echo 'BEGIN;'
+		for n in "${names[@]}"; do
+			echo "\\copy ${DST[$n]} (${COLS[$n]}) FROM '$work/$n.copy'"
+			echo "DO \$\$ BEGIN IF (SELECT count(*) FROM ${DST[$n]} WHERE shard_partition(key) = $P) <> ${COUNT[$n]} THEN
+				RAISE EXCEPTION 'partition $P: the rows in ${DST[$n]} differ in number from SOURCE''s ${COUNT[$n]}'; END IF; END \$\$;"
+		done
+		echo "INSERT INTO shard_partitions VALUES ($P, 'active');"
+		echo 'COMMIT;'
+	} | "${PSQL[@]}" -d "$TARGET" >/dev/null
+	for n in "${names[@]}"; do say "copied ${COUNT[$n]} rows of ${SRC[$n]}"; done
+else
+	for n in "${names[@]}"; do
+		[ "$(count "$TARGET" "${DST[$n]}")" = "$(count "$SOURCE" "${SRC[$n]}")" ] ||
+			die "partition $P is active on TARGET, but its rows in ${DST[$n]} differ from SOURCE's"
+	done
+	say "partition $P already fenced on SOURCE and copied to TARGET: resuming at the switch"
+fi
 
 # --- 4. switch the router's map -----------------------------------------------------------
 q "$ROUTER" "ALTER SERVER $SERVER OPTIONS (SET p$P '${TARGET_FROM_ROUTER//\'/\'\'}')"

@@ -121,13 +121,20 @@ unset PGHOST PGPORT PGDATABASE	# every command below names its node
 # this script reaps it when it dies: a dead postmaster nobody has reaped would keep its pid, and
 # its restart would take it for a running one.
 start_node() {	# start_node NODE: start the stopped cluster of NODE in the background; wait until ready
-	local i
-	(cd "${DIR[$1]}" && exec </dev/null && idem_as_pg postgres -D "${DIR[$1]}/data" >>"${DIR[$1]}/server.log" 2>&1) &
-	PG_JOB[$1]=$!
-	for ((i = 0; i < 600; i++)); do
-		pg_isready -q -h "${DIR[$1]}" -p "${NODE_PORT[$1]}" && return 0
-		kill -0 "${PG_JOB[$1]}" 2>/dev/null || break
-		sleep 0.1
+	local attempt i
+	for ((attempt = 1; attempt <= 5; attempt++)); do
+		(cd "${DIR[$1]}" && exec </dev/null && idem_as_pg postgres -D "${DIR[$1]}/data" >>"${DIR[$1]}/server.log" 2>&1) &
+		PG_JOB[$1]=$!
+		for ((i = 0; i < 600; i++)); do
+			pg_isready -q -h "${DIR[$1]}" -p "${NODE_PORT[$1]}" && return 0
+			kill -0 "${PG_JOB[$1]}" 2>/dev/null || break
+			sleep 0.1
+		done
+		# it exited: after a SIGKILL, a backend that had not yet noticed may still hold the old
+		# shared memory for a moment; anything else shows in the log
+		wait "${PG_JOB[$1]}" 2>/dev/null || true
+		PG_JOB[$1]=''
+		sleep 1
 	done
 	tail -n 20 "${DIR[$1]}/server.log" >&2
 	idem_die "node $1 did not start"
