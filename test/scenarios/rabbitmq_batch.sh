@@ -1,0 +1,478 @@
+#!/usr/bin/env bash
+# test/scenarios/rabbitmq_batch.sh: exactly-once payments through a real RabbitMQ broker, taken in
+# batches.
+#
+# Starts a private RabbitMQ node (Debian's rabbitmq-server, as the unprivileged `rabbitmq` user,
+# AMQP, Erlang distribution and epmd on 127.0.0.1 only, all state in a temporary directory) and
+# a throwaway PostgreSQL cluster with the extension. RMQB_CONSUMERS copies of
+# examples/rabbitmq-batch/consumer.py (prefetch RMQB_PREFETCH, up to RMQB_BATCH messages per
+# transaction through idem_claim_batch and one set-based statement, one ack with multiple=True
+# after the commit) consume while examples/rabbitmq-batch/publisher.py publishes RMQB_MESSAGES
+# payments with publisher confirms, re-publishing RMQB_DUPLICATES % of them as a retry after a
+# simulated lost confirm; meanwhile this script SIGKILLs one consumer every 300-700 ms and
+# restarts it, so that the broker redelivers what it had not acked, and each consumer ends
+# itself abruptly after the commit of RMQB_CRASH % of its batches, before their ack, so that the
+# broker redelivers batches that were applied.
+# When the queue has drained it checks, in the database, per payment and per account, that
+# every payment was charged exactly once, that every balance is right, and that redeliveries
+# and duplicates did happen. Then it runs the same scenario with `consumer.py --naive` (the
+# same statement without idem_claim_batch) and checks that it double-charges, i.e. that the
+# scenario can catch the bug. It also sends one batch with bad messages in it (a malformed
+# body, no message id, a key recorded under another policy, which fails the whole batch with
+# ID002) and checks that the consumer runs that batch again one message at a time, rejects the
+# bad ones and charges the rest once. Last, it measures throughput without kills: RMQB_BENCH
+# payments published first, then drained by the batch consumers, and by examples/rabbitmq's
+# consumer (one idem_apply per message) for comparison. Prints a table and
+# `N passed, N failed`; exits non-zero on any failure. Everything is stopped in a trap.
+#
+#   test/scenarios/rabbitmq_batch.sh     (as root, or as a user with sudo for the install)
+#
+# Settings (environment): RMQB_MESSAGES (10000), RMQB_DUPLICATES (20), RMQB_CONSUMERS (3),
+# RMQB_PREFETCH (500), RMQB_BATCH (250), RMQB_CRASH (5), RMQB_CHAOS_SECONDS (60),
+# RMQB_DRAIN_TIMEOUT (60), RMQB_SEED (1), RMQB_PORT (56730; Erlang distribution on +1, epmd on
+# +2), RMQB_NAIVE (1; 0 skips the naive run), RMQB_BENCH (10000; 0 skips the throughput runs),
+# KEEP_TMP=1 keeps the logs.
+# shellcheck source=../../scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+
+if [ $# -gt 0 ]; then	# no arguments: settings come from the environment
+	sed -n '2,/^# KEEP_TMP/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	exit 2
+fi
+
+MESSAGES=${RMQB_MESSAGES:-10000}
+DUPLICATES=${RMQB_DUPLICATES:-20}
+CONSUMERS=${RMQB_CONSUMERS:-3}
+PREFETCH=${RMQB_PREFETCH:-500}
+BATCH=${RMQB_BATCH:-250}
+CRASH=${RMQB_CRASH:-5}
+CHAOS_SECONDS=${RMQB_CHAOS_SECONDS:-60}
+DRAIN_TIMEOUT=${RMQB_DRAIN_TIMEOUT:-60}
+SEED=${RMQB_SEED:-1}
+NAIVE=${RMQB_NAIVE:-1}
+BENCH=${RMQB_BENCH:-10000}
+ACCOUNTS=100
+AMQP_PORT=${RMQB_PORT:-56730}
+DIST_PORT=$((AMQP_PORT + 1))
+EPMD_PORT=$((AMQP_PORT + 2))
+RMQ_SBIN=/usr/lib/rabbitmq/bin
+PYTHON=/usr/bin/python3
+EXAMPLE=$IDEM_ROOT/examples/rabbitmq-batch
+RANDOM=$SEED
+
+# Debian packages, each checked by the file this script needs from it (idem_ensure_deps checks
+# the packages it is given by their dpkg status only).
+deps=()
+[ -x "$RMQ_SBIN/rabbitmq-server" ] || deps+=(rabbitmq-server)
+[ -x "$PYTHON" ] && "$PYTHON" -c 'import psycopg' 2>/dev/null || deps+=(python3-psycopg)
+[ -x "$PYTHON" ] && "$PYTHON" -c 'import pika' 2>/dev/null || deps+=(python3-pika)
+if [ "$BENCH" -gt 0 ]; then	# examples/rabbitmq's consumer, for the comparison
+	pkg-config --exists librabbitmq 2>/dev/null || deps+=(librabbitmq-dev pkg-config)
+	pkg-config --exists libpq 2>/dev/null || deps+=(libpq-dev pkg-config)
+fi
+idem_ensure_deps "${deps[@]}"
+
+PASSED=0 FAILED=0
+check() {	# check DESCRIPTION COMMAND...: one assertion
+	if "${@:2}"; then
+		PASSED=$((PASSED + 1)); printf 'ok     %s\n' "$1"
+	else
+		FAILED=$((FAILED + 1)); IDEM_FAILED=1; printf 'FAILED %s\n' "$1"
+	fi
+}
+eq() { [ "$1" = "$2" ] || { echo "  expected $2, got $1" >&2; return 1; }; }
+gt0() { [ "${1:-0}" -gt 0 ] || { echo "  expected > 0, got $1" >&2; return 1; }; }
+
+# --- work directory, consumers, cleanup ----------------------------------------------------
+WORK=$(mktemp -d /tmp/idem-rabbitmq-batch.XXXXXX)
+RMQ_DIR=$WORK/rabbitmq
+CONSUMER_PIDS=()
+RMQ_PID='' BEAM_PID='' EPMD_PID='' PG_DIR=''
+
+stop_consumers() {
+	local pid
+	for pid in "${CONSUMER_PIDS[@]}"; do
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	CONSUMER_PIDS=()
+	return 0
+}
+
+cleanup() {
+	local rc=$?
+	set +e	# clean up everything, whatever fails
+	[ "$rc" -eq 0 ] || IDEM_FAILED=1
+	stop_consumers
+	if [ -n "$RMQ_PID" ] && kill -0 "$RMQ_PID" 2>/dev/null; then	# the start script, waiting for the VM
+		"${RMQ_RUN[@]}" timeout 60 "$RMQ_SBIN/rabbitmqctl" shutdown >/dev/null 2>&1 || {
+			[ -n "$BEAM_PID" ] && kill -KILL "$BEAM_PID" 2>/dev/null
+			kill -KILL "$RMQ_PID" 2>/dev/null
+		} || true
+		wait "$RMQ_PID" 2>/dev/null || true
+	fi
+	if [ -n "$EPMD_PID" ]; then kill "$EPMD_PID" 2>/dev/null || true; wait "$EPMD_PID" 2>/dev/null || true; fi
+	[ -n "$PG_DIR" ] && idem_cluster_stop "$PG_DIR"
+	if [ "${IDEM_FAILED:-0}" = 1 ] || [ "${KEEP_TMP:-0}" = 1 ]; then
+		echo "kept $WORK for inspection (RabbitMQ log: $RMQ_DIR/log, consumer output: $WORK/*.consumer.*)"
+	else
+		rm -rf "$WORK"
+	fi
+	return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "$BENCH" -gt 0 ]; then
+	idem_log "building examples/rabbitmq (the per-message consumer, for the throughput comparison)"
+	mkdir -p "$WORK/bin"
+	make -s -C "$WORK/bin" -f "$IDEM_ROOT/examples/rabbitmq/Makefile" VPATH="$IDEM_ROOT/examples/rabbitmq" consumer
+fi
+
+# --- a private RabbitMQ node on loopback ----------------------------------------------------
+# Debian's /usr/sbin/rabbitmq-server only runs as root or `rabbitmq` and uses /var/lib/rabbitmq;
+# we run the scripts under /usr/lib/rabbitmq/bin instead, as `rabbitmq` (or ourselves when not
+# root), with every path, name and port of the node in the environment.
+mkdir -p "$RMQ_DIR/home"
+cat >"$RMQ_DIR/rabbitmq.conf" <<CONF
+listeners.tcp.1 = 127.0.0.1:$AMQP_PORT
+loopback_users.guest = true
+CONF
+echo '[].' >"$RMQ_DIR/enabled_plugins"
+: >"$RMQ_DIR/rabbitmq-env.conf"	# instead of /etc/rabbitmq/rabbitmq-env.conf
+# RMQ_RUN CMD...: run CMD as the broker's user (setpriv execs, so $! of `... &` is CMD's pid),
+# in the node's environment only (env -i), from the node's directory.
+RMQ_RUN=()
+if idem_is_root; then RMQ_RUN=(setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups); fi
+RMQ_RUN+=(env -i -C "$RMQ_DIR" PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$RMQ_DIR/home"
+	RABBITMQ_NODENAME=idem-batch@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+	RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_DIST_PORT="$DIST_PORT"
+	ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT="$EPMD_PORT"
+	RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+	RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf" RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq.conf"
+	RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins" RABBITMQ_PID_FILE="$RMQ_DIR/rabbit.pid"
+	RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_DIR/log"
+	ERL_CRASH_DUMP="$RMQ_DIR/erl_crash.dump")
+# The Erlang cookie, made before the node and the CLI could race to create it.
+(umask 077; od -An -N16 -tx1 /dev/urandom | tr -d " \n" >"$RMQ_DIR/home/.erlang.cookie")
+chmod 400 "$RMQ_DIR/home/.erlang.cookie"
+if idem_is_root; then chmod 711 "$WORK"; chown -R rabbitmq: "$RMQ_DIR"; fi
+
+for port in "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT"; do
+	if command -v ss >/dev/null && [ -n "$(ss -Hltn "sport = :$port")" ]; then
+		idem_die "port $port is taken (another RabbitMQ or a run of this script?); set RMQB_PORT"
+	fi
+done
+idem_log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (distribution $DIST_PORT, epmd $EPMD_PORT) in $RMQ_DIR"
+"${RMQ_RUN[@]}" epmd -address 127.0.0.1 -port "$EPMD_PORT" >"$WORK/epmd.log" 2>&1 &
+EPMD_PID=$!
+"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmq-server" >"$WORK/rabbitmq.out" 2>&1 &
+RMQ_PID=$!
+START=$SECONDS
+"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmqctl" -q wait "$RMQ_DIR/rabbit.pid" --timeout 90 >"$WORK/wait.log" 2>&1 || {
+	tail -n 30 "$WORK/rabbitmq.out" "$WORK/wait.log" >&2 || true
+	idem_die "RabbitMQ did not start; see $WORK/rabbitmq.out and $RMQ_DIR/log"
+}
+BEAM_PID=$(cat "$RMQ_DIR/rabbit.pid")	# the Erlang VM; RMQ_PID is the script that started it
+idem_log "RabbitMQ is up after $((SECONDS - START)) s"
+
+# Every socket the broker and its epmd listen on is on loopback.
+loopback_only() {
+	local bad
+	command -v ss >/dev/null || return 0
+	bad=$(ss -Hltnp | grep -E "pid=($BEAM_PID|$EPMD_PID)," | awk '{print $4}' |
+		grep -Ev '^(127\.0\.0\.1|\[::1\]):' || true)
+	[ -z "$bad" ] || { echo "listening beyond loopback: $bad" >&2; return 1; }
+	ss -Hltnp | grep -q "pid=$BEAM_PID," # and the broker does listen
+}
+check "RabbitMQ and epmd listen on loopback only" loopback_only
+
+queue_depth() {	# queue_depth QUEUE: prints "READY UNACKED"
+	"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmqctl" -q list_queues --no-table-headers name messages_ready \
+		messages_unacknowledged 2>/dev/null | awk -v q="$1" '$1 == q { print $2, $3 }'
+}
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+PG_DIR=$(idem_tmpdir)
+idem_cluster_start "$PG_DIR"
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -At)
+
+setup_db() {	# setup_db DB: the payment schema, accounts 1..ACCOUNTS at balance 0
+	"${PSQL[@]}" -d postgres -c "CREATE DATABASE $1"
+	"${PSQL[@]}" -d "$1" <<-SQL
+		CREATE EXTENSION idempotent;
+		CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL DEFAULT 0);
+		INSERT INTO accounts (id) SELECT generate_series(1, $ACCOUNTS);
+		-- no unique constraint on purpose: a double charge shows as two rows; the transaction
+		-- and the time of each charge, for the counts of batches and the throughput
+		CREATE TABLE charges (payment_id text NOT NULL, account int NOT NULL, amount numeric NOT NULL,
+		                      xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+		                      at timestamptz NOT NULL DEFAULT clock_timestamp());
+		-- what the publisher sent (its manifest) and what the consumers said (their output)
+		CREATE TABLE expected (payment_id text PRIMARY KEY, account int, amount numeric, publishes int);
+		CREATE TABLE deliveries (payment_id text, status text, redelivered bool);
+	SQL
+}
+
+declare -A R	# results: R[mode.metric]
+
+# --- one run: publish, consume under SIGKILLs, drain, measure ----------------------------------
+run() {	# run MODE: MODE is idem or naive
+	local mode=$1 queue=payments-$1 flag='' slot pid pub rc t0 depth deadline drained=0 kills=0 odd=0
+	local -a pids=()
+	[ "$mode" = naive ] && flag=--naive
+	setup_db "$mode"
+
+	start_consumer() {	# start_consumer SLOT
+		PGDATABASE=$mode "$PYTHON" "$EXAMPLE/consumer.py" --port "$AMQP_PORT" --queue "$queue" \
+			--prefetch "$PREFETCH" --batch "$BATCH" --crash-after-commit "$CRASH" $flag \
+			>>"$WORK/$mode.consumer.$1.out" 2>>"$WORK/$mode.consumer.err" &
+		pids[$1]=$!
+		CONSUMER_PIDS=("${pids[@]}")
+	}
+	idem_log "[$mode] $CONSUMERS batch consumers (prefetch $PREFETCH, batches of up to $BATCH$([ -n "$flag" ] && echo ", $flag"));" \
+		"publishing $MESSAGES payments, $DUPLICATES% of them twice (lost confirms); one consumer SIGKILLed every 300-700 ms," \
+		"and each killing itself after $CRASH% of its commits"
+	t0=$SECONDS
+	for ((slot = 0; slot < CONSUMERS; slot++)); do start_consumer "$slot"; done
+	"$PYTHON" "$EXAMPLE/publisher.py" --port "$AMQP_PORT" --queue "$queue" --count "$MESSAGES" \
+		--duplicates "$DUPLICATES" --accounts "$ACCOUNTS" --seed "$SEED" \
+		--manifest "$WORK/$mode.manifest" 2>"$WORK/$mode.publisher.log" &
+	pub=$!
+
+	# Kill and restart consumers until the publisher is done and every payment has been charged
+	# at least once (what is left then are duplicates), for at most CHAOS_SECONDS.
+	deadline=$((SECONDS + CHAOS_SECONDS))
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		sleep "0.$((300 + RANDOM % 400))"
+		slot=$((RANDOM % CONSUMERS)); pid=${pids[$slot]}
+		kill -KILL "$pid" 2>/dev/null || true
+		rc=0; wait "$pid" 2>/dev/null || rc=$?
+		[ "$rc" -eq 137 ] || [ "$rc" -eq 3 ] || odd=$((odd + 1))	# 3: it had crashed after a commit
+		kills=$((kills + 1))
+		start_consumer "$slot"
+		kill -0 "$pub" 2>/dev/null && continue
+		[ "$("${PSQL[@]}" -d "$mode" -c 'SELECT count(DISTINCT payment_id) FROM charges')" -lt "$MESSAGES" ] || break
+	done
+	wait "$pub" || { cat "$WORK/$mode.publisher.log" >&2; idem_die "the publisher failed"; }
+	cat "$WORK/$mode.publisher.log"
+	"${PSQL[@]}" -d "$mode" -c "\\copy expected FROM '$WORK/$mode.manifest' CSV"
+
+	idem_log "[$mode] $kills kills; waiting up to ${DRAIN_TIMEOUT}s for the queue to drain"
+	deadline=$((SECONDS + DRAIN_TIMEOUT))
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		depth=$(queue_depth "$queue")
+		if [ "$depth" = "0 0" ]; then drained=1; break; fi
+		for ((slot = 0; slot < CONSUMERS; slot++)); do	# restart those that crashed after a commit
+			pid=${pids[$slot]}
+			kill -0 "$pid" 2>/dev/null && continue
+			rc=0; wait "$pid" 2>/dev/null || rc=$?
+			[ "$rc" -eq 3 ] || odd=$((odd + 1))
+			start_consumer "$slot"
+		done
+		sleep 0.5
+	done
+	R[$mode.drain]=$((SECONDS - t0))
+	for pid in "${pids[@]}"; do	# a clean stop: SIGTERM, exit 0 (3: it had crashed after a commit)
+		kill -TERM "$pid" 2>/dev/null || true
+		rc=0; wait "$pid" 2>/dev/null || rc=$?
+		[ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || odd=$((odd + 1))
+	done
+	CONSUMER_PIDS=()
+	R[$mode.drained]=$drained R[$mode.kills]=$kills R[$mode.odd_exits]=$odd
+	R[$mode.retried]=$(grep -c 'running it again' "$WORK/$mode.consumer.err" || true)
+	R[$mode.crashes]=$(grep -c 'crashing after the commit' "$WORK/$mode.consumer.err" || true)
+	R[$mode.one_by_one]=$(grep -c 'one by one' "$WORK/$mode.consumer.err" || true)
+
+	cat "$WORK/$mode".consumer.*.out | awk '{ printf "%s,%s,%s\n", $1, $2, ($3 == "redelivered") ? "t" : "f" }' \
+		>"$WORK/$mode.deliveries.csv"
+	"${PSQL[@]}" -d "$mode" -c "\\copy deliveries FROM '$WORK/$mode.deliveries.csv' CSV"
+
+	local name value
+	while IFS='|' read -r name value; do R[$mode.$name]=$value; done < <("${PSQL[@]}" -d "$mode" <<-'SQL'
+		WITH per_key AS (
+		  SELECT e.payment_id, e.publishes, e.amount, count(c.payment_id) AS n, coalesce(sum(c.amount), 0) AS charged
+		  FROM expected e LEFT JOIN charges c USING (payment_id) GROUP BY 1, 2, 3),
+		balances AS (
+		  SELECT a.id, a.balance, -coalesce(sum(e.amount), 0) AS expected
+		  FROM accounts a LEFT JOIN expected e ON e.account = a.id GROUP BY 1, 2)
+		SELECT 'payments', count(*)::text FROM expected
+		UNION ALL SELECT 'publishes', sum(publishes)::text FROM expected
+		UNION ALL SELECT 'deliveries', count(*)::text FROM deliveries
+		UNION ALL SELECT 'redelivered', count(*) FILTER (WHERE redelivered)::text FROM deliveries
+		UNION ALL SELECT 'applied', count(*) FILTER (WHERE status = 'applied')::text FROM deliveries
+		UNION ALL SELECT 'duplicate', count(*) FILTER (WHERE status = 'duplicate')::text FROM deliveries
+		UNION ALL SELECT 'errors', count(*) FILTER (WHERE status NOT IN ('applied', 'duplicate'))::text FROM deliveries
+		-- published once, yet charged again or found duplicate on redelivery: its ack died with a consumer
+		UNION ALL SELECT 'ack_lost', CASE current_database() WHEN 'naive'
+		    THEN (SELECT count(*) FROM per_key WHERE publishes = 1 AND n > 1)
+		    ELSE (SELECT count(DISTINCT d.payment_id) FROM deliveries d JOIN expected e USING (payment_id)
+		          WHERE e.publishes = 1 AND d.redelivered AND d.status = 'duplicate') END::text
+		UNION ALL SELECT 'batches', count(DISTINCT xid)::text FROM charges
+		UNION ALL SELECT 'batch_size', round(count(*)::numeric / nullif(count(DISTINCT xid), 0))::text FROM charges
+		UNION ALL SELECT 'not_once', count(*)::text FROM per_key WHERE n <> 1
+		UNION ALL SELECT 'wrong_sum', count(*)::text FROM per_key WHERE charged <> amount
+		UNION ALL SELECT 'never', count(*)::text FROM per_key WHERE n = 0
+		UNION ALL SELECT 'twice', count(*)::text FROM per_key WHERE n > 1
+		UNION ALL SELECT 'extra', coalesce(sum(n - 1) FILTER (WHERE n > 1), 0)::text FROM per_key
+		UNION ALL SELECT 'unknown', count(*)::text FROM charges WHERE payment_id NOT IN (SELECT payment_id FROM expected)
+		UNION ALL SELECT 'overcharged', to_char((SELECT coalesce(sum(amount), 0) FROM charges)
+		                                 - (SELECT sum(amount) FROM expected), 'FM999,999,990.00')
+		UNION ALL SELECT 'wrong_balances', count(*) FILTER (WHERE balance <> expected)::text FROM balances
+		UNION ALL SELECT 'ledger', (SELECT count(*) FROM idem_ledger)::text;
+	SQL
+	)
+}
+
+# --- throughput without kills: a full queue drained by one kind of consumer --------------------
+bench() {	# bench MODE: batch (consumer.py) or single (examples/rabbitmq's consumer)
+	local mode=$1 db=bench_$1 queue=bench-$1 slot n=0 deadline name
+	local -a cmd
+	setup_db "$db"
+	"$PYTHON" "$EXAMPLE/publisher.py" --port "$AMQP_PORT" --queue "$queue" --count "$BENCH" \
+		--duplicates 0 --accounts "$ACCOUNTS" --seed "$SEED" 2>"$WORK/$db.publisher.log" ||
+		{ cat "$WORK/$db.publisher.log" >&2; idem_die "the publisher failed"; }
+	if [ "$mode" = batch ]; then
+		cmd=("$PYTHON" "$EXAMPLE/consumer.py" --port "$AMQP_PORT" --queue "$queue" --prefetch "$PREFETCH" --batch "$BATCH")
+	else
+		cmd=("$WORK/bin/consumer" --port "$AMQP_PORT" --queue "$queue" --prefetch 50)
+	fi
+	name=${cmd[0]##*/}; [ "$mode" = batch ] && name=consumer.py
+	idem_log "[bench] $BENCH payments in the queue, drained by $CONSUMERS $name"
+	for ((slot = 0; slot < CONSUMERS; slot++)); do
+		PGDATABASE=$db "${cmd[@]}" >"$WORK/$db.consumer.$slot.out" 2>>"$WORK/$db.consumer.err" &
+		CONSUMER_PIDS+=($!)
+	done
+	deadline=$((SECONDS + DRAIN_TIMEOUT))
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		n=$("${PSQL[@]}" -d "$db" -c 'SELECT count(*) FROM charges')
+		[ "$n" -lt "$BENCH" ] || break
+		sleep 0.2
+	done
+	stop_consumers
+	# from the first charge's commit to the last one's, the consumers' start-up left out
+	R[bench.$mode.charged]=$n
+	IFS='|' read -r "R[bench.$mode.rate]" "R[bench.$mode.per_tx]" < <("${PSQL[@]}" -d "$db" -c \
+		"SELECT round(count(*) / extract(epoch FROM max(at) - min(at))), round(count(*)::numeric / count(DISTINCT xid))
+		 FROM charges")
+	R[bench.$mode.ok]=$("${PSQL[@]}" -d "$db" -c \
+		"SELECT count(*) = $BENCH AND count(DISTINCT payment_id) = $BENCH FROM charges")
+}
+
+# --- bad messages in a batch: dropped one by one, the rest of the batch applied ---------------
+poison() {
+	local depth
+	setup_db poison
+	# a key recorded under policy newer: the batch's claim (policy once) fails with ID002
+	"${PSQL[@]}" -d poison -c "SELECT status FROM idem_claim('poison-2', 7)" >/dev/null
+	"$PYTHON" - "$AMQP_PORT" <<-'PY'
+		import sys, pika
+		conn = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=int(sys.argv[1])))
+		ch = conn.channel()
+		ch.queue_declare(queue="payments-poison", durable=True)
+		ch.confirm_delivery()
+		for key, body in [("poison-1", "1 10.00"), ("poison-2", "2 20.00"), ("poison-3", "x y"),
+		                  (None, "4 40.00"), ("poison-5", "5 50.00"), ("poison-1", "1 10.00")]:
+		    ch.basic_publish("", "payments-poison", body, pika.BasicProperties(message_id=key))
+		conn.close()
+	PY
+	PGDATABASE=poison "$PYTHON" "$EXAMPLE/consumer.py" --port "$AMQP_PORT" --queue payments-poison \
+		>"$WORK/poison.consumer.out" 2>"$WORK/poison.consumer.err" &
+	CONSUMER_PIDS=($!)
+	for _ in $(seq 50); do
+		[ "$(wc -l <"$WORK/poison.consumer.out")" -lt 6 ] || break
+		sleep 0.2
+	done
+	kill -TERM "${CONSUMER_PIDS[0]}"; wait "${CONSUMER_PIDS[0]}" || true
+	CONSUMER_PIDS=()
+	R[poison.out]=$(sort "$WORK/poison.consumer.out" | tr '\n' ' ')
+	R[poison.db]=$("${PSQL[@]}" -d poison -c "SELECT string_agg(payment_id || '=' || amount, ' ' ORDER BY payment_id)
+		FROM charges" -c "SELECT string_agg(id || '=' || balance, ' ' ORDER BY id) FROM accounts WHERE balance <> 0" |
+		tr '\n' ' ')
+	R[poison.split]=$(grep -c 'one by one' "$WORK/poison.consumer.err" || true)
+	depth=$(queue_depth payments-poison)
+	R[poison.depth]=${depth:-?}
+}
+
+run idem
+[ "$NAIVE" = 1 ] && run naive
+poison
+if [ "$BENCH" -gt 0 ]; then bench batch; bench single; fi
+
+# --- checks --------------------------------------------------------------------------------------
+echo
+check "idem: the queue drained within ${DRAIN_TIMEOUT}s" eq "${R[idem.drained]}" 1
+check "idem: consumers were SIGKILLed (${R[idem.kills]}) or crashed after a commit, none exited otherwise" eq "${R[idem.odd_exits]}" 0
+check "idem: the publisher re-published some payments (${R[idem.publishes]} publishes)" gt0 "$((${R[idem.publishes]} - MESSAGES))"
+check "idem: every payment charged exactly once (per-key counts)" eq "${R[idem.not_once]}" 0
+check "idem: every payment charged its own amount (per-key sums)" eq "${R[idem.wrong_sum]}" 0
+check "idem: no charge for an unknown payment" eq "${R[idem.unknown]}" 0
+check "idem: total charged = total of the distinct payments" eq "${R[idem.overcharged]}" 0.00
+check "idem: every account balance is right" eq "${R[idem.wrong_balances]}" 0
+check "idem: the ledger holds one key per payment" eq "${R[idem.ledger]}" "$MESSAGES"
+check "idem: every delivery was applied or duplicate" eq "${R[idem.errors]}" 0
+check "idem: no batch had to be split (${R[idem.one_by_one]})" eq "${R[idem.one_by_one]}" 0
+check "idem: the broker redelivered messages (${R[idem.redelivered]})" gt0 "${R[idem.redelivered]}"
+check "idem: idem_claim_batch reported duplicates (${R[idem.duplicate]})" gt0 "${R[idem.duplicate]}"
+check "idem: consumers died after commits, before the ack (${R[idem.crashes]})" gt0 "${R[idem.crashes]}"
+check "idem: payments published once came back after their commit, as duplicates (${R[idem.ack_lost]})" \
+	gt0 "${R[idem.ack_lost]}"
+check "idem: payments were charged in batches (${R[idem.batch_size]} per transaction on average)" \
+	gt0 "$(( ${R[idem.batch_size]:-0} > 1 ))"
+if [ "$NAIVE" = 1 ]; then
+	check "naive: the queue drained within ${DRAIN_TIMEOUT}s" eq "${R[naive.drained]}" 1
+	check "naive: no payment lost (the harness delivers everything)" eq "${R[naive.never]}" 0
+	check "naive: it double-charged (${R[naive.twice]} payments), so this scenario catches the bug" gt0 "${R[naive.twice]}"
+	check "naive: and the per-key sums show it (${R[naive.wrong_sum]} payments)" gt0 "${R[naive.wrong_sum]}"
+	check "naive: payments published once were charged again after a crash between commit and ack (${R[naive.ack_lost]})" \
+		gt0 "${R[naive.ack_lost]}"
+fi
+check "poison: a batch with bad messages: each said why" eq "${R[poison.out]}" \
+	"- malformed poison-1 applied poison-1 duplicate poison-2 error-ID002 poison-3 malformed poison-5 applied "
+check "poison: the batch that failed (ID002) ran again one by one" eq "${R[poison.split]}" 1
+check "poison: the good payments were charged once, the bad ones not at all" eq "${R[poison.db]}" \
+	"poison-1=10.00 poison-5=50.00 1=-10.00 5=-50.00 "
+check "poison: bad messages rejected, the rest acked: the queue is empty" eq "${R[poison.depth]}" "0 0"
+if [ "$BENCH" -gt 0 ]; then
+	check "bench: the batch consumers charged each of $BENCH payments once" eq "${R[bench.batch.ok]}" t
+	check "bench: the per-message consumers charged each of $BENCH payments once" eq "${R[bench.single.ok]}" t
+fi
+
+# --- summary ---------------------------------------------------------------------------------
+row() {	# row LABEL METRIC
+	printf '  %-50s %12s %12s\n' "$1" "${R[idem.$2]:-}" "${R[naive.$2]:--}"
+}
+echo
+printf '  %-50s %12s %12s\n' '' 'claim_batch' 'naive'
+row 'payments (distinct messages)' payments
+row 'publishes (retries after lost confirms included)' publishes
+row 'consumers killed with SIGKILL' kills
+row 'consumers crashed between a commit and its ack' crashes
+row 'deliveries processed' deliveries
+row '  of which redelivered by the broker' redelivered
+row 'applied (the charge ran)' applied
+row 'duplicate (ran nothing)' duplicate
+row 'published once, delivered again after its commit' ack_lost
+row 'transactions that charged' batches
+row '  charges per transaction (mean)' batch_size
+row 'batches run again after a deadlock' retried
+row 'payments charged twice or more' twice
+row 'extra charges' extra
+row 'money charged twice' overcharged
+row 'accounts with a wrong balance' wrong_balances
+row 'payments never charged' never
+row 'seconds from the first publish to an empty queue' drain
+if [ "$BENCH" -gt 0 ]; then
+	echo
+	echo "  throughput, $BENCH payments already queued, $CONSUMERS consumers, no kills (first to last commit):"
+	printf '  %-50s %12s %12s\n' '' 'messages/s' 'per commit'
+	printf '  %-50s %12s %12s\n' "batches (consumer.py, prefetch $PREFETCH, batch $BATCH)" \
+		"${R[bench.batch.rate]}" "${R[bench.batch.per_tx]}"
+	printf '  %-50s %12s %12s\n' "one idem_apply per message (examples/rabbitmq)" \
+		"${R[bench.single.rate]}" "${R[bench.single.per_tx]}"
+fi
+echo
+echo "  (whole scenario: $SECONDS s)"
+echo
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
