@@ -14,6 +14,7 @@
 #   idem_tmpdir                 print a new private temp dir owned by the test user
 #   idem_cluster_start DIR [CONF]  throwaway cluster in DIR, socket-only; exports PGHOST etc.
 #   idem_cluster_stop [DIR]     stop it and remove DIR (kept on failure or with KEEP_TMP=1)
+#   idem_stop_consumers         SIGKILL and reap the processes in CONSUMER_PIDS (scenarios)
 set -euo pipefail
 
 IDEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # repository root
@@ -166,5 +167,17 @@ idem_cluster_stop() {
 	else
 		rm -rf "$dir"
 	fi
+	return 0
+}
+
+# idem_stop_consumers: SIGKILL every process whose pid is in the array CONSUMER_PIDS (a scenario's
+# consumers, children of this shell), reap it, and empty the array. Safe from an EXIT trap.
+idem_stop_consumers() {
+	local pid
+	for pid in "${CONSUMER_PIDS[@]}"; do
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	CONSUMER_PIDS=()
 	return 0
 }

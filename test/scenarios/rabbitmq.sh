@@ -23,6 +23,8 @@
 # KEEP_TMP=1 keeps the logs.
 # shellcheck source=../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=../../scripts/rabbitmq.sh
+. "$IDEM_ROOT/scripts/rabbitmq.sh"
 
 if [ $# -gt 0 ]; then	# no arguments: settings come from the environment
 	sed -n '2,/^# KEEP_TMP/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
@@ -37,10 +39,6 @@ CHAOS_SECONDS=${RMQ_CHAOS_SECONDS:-60}
 DRAIN_TIMEOUT=${RMQ_DRAIN_TIMEOUT:-90}
 SEED=${RMQ_SEED:-1}
 ACCOUNTS=100
-AMQP_PORT=${RMQ_PORT:-56720}
-DIST_PORT=$((AMQP_PORT + 1))
-EPMD_PORT=$((AMQP_PORT + 2))
-RMQ_SBIN=/usr/lib/rabbitmq/bin
 RANDOM=$SEED
 
 idem_ensure_deps rabbitmq-server librabbitmq-dev libpq-dev pkg-config
@@ -56,42 +54,8 @@ check() {	# check DESCRIPTION COMMAND...: one assertion
 
 # --- work directory, consumers, cleanup ----------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-rabbitmq.XXXXXX)
-RMQ_DIR=$WORK/rabbitmq
-CONSUMER_PIDS=()
-RMQ_PID='' BEAM_PID='' EPMD_PID='' PG_DIR=''
-
-stop_consumers() {
-	local pid
-	for pid in "${CONSUMER_PIDS[@]}"; do
-		kill -KILL "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	CONSUMER_PIDS=()
-	return 0
-}
-
-cleanup() {
-	local rc=$?
-	set +e	# clean up everything, whatever fails
-	[ "$rc" -eq 0 ] || IDEM_FAILED=1
-	stop_consumers
-	if [ -n "$RMQ_PID" ] && kill -0 "$RMQ_PID" 2>/dev/null; then	# the start script, waiting for the VM
-		"${RMQ_RUN[@]}" timeout 60 "$RMQ_SBIN/rabbitmqctl" shutdown >/dev/null 2>&1 || {
-			[ -n "$BEAM_PID" ] && kill -KILL "$BEAM_PID" 2>/dev/null
-			kill -KILL "$RMQ_PID" 2>/dev/null
-		} || true
-		wait "$RMQ_PID" 2>/dev/null || true
-	fi
-	if [ -n "$EPMD_PID" ]; then kill "$EPMD_PID" 2>/dev/null || true; wait "$EPMD_PID" 2>/dev/null || true; fi
-	[ -n "$PG_DIR" ] && idem_cluster_stop "$PG_DIR"
-	if [ "${IDEM_FAILED:-0}" = 1 ] || [ "${KEEP_TMP:-0}" = 1 ]; then
-		echo "kept $WORK for inspection (RabbitMQ log: $RMQ_DIR/log, consumer output: $WORK/*.consumer.*.out)"
-	else
-		rm -rf "$WORK"
-	fi
-	return 0
-}
-trap cleanup EXIT
+PG_DIR=''
+trap rmq_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- build the example ----------------------------------------------------------------------
@@ -100,86 +64,13 @@ mkdir -p "$WORK/bin"
 make -s -C "$WORK/bin" -f "$IDEM_ROOT/examples/rabbitmq/Makefile" VPATH="$IDEM_ROOT/examples/rabbitmq"
 
 # --- a private RabbitMQ node on loopback ----------------------------------------------------
-# Debian's /usr/sbin/rabbitmq-server only runs as root or `rabbitmq` and uses /var/lib/rabbitmq;
-# we run the scripts under /usr/lib/rabbitmq/bin instead, as `rabbitmq` (or ourselves when not
-# root), with every path, name and port of the node in the environment.
-mkdir -p "$RMQ_DIR/home"
-cat >"$RMQ_DIR/rabbitmq.conf" <<EOF
-listeners.tcp.1 = 127.0.0.1:$AMQP_PORT
-loopback_users.guest = true
-EOF
-echo '[].' >"$RMQ_DIR/enabled_plugins"
-: >"$RMQ_DIR/rabbitmq-env.conf"	# instead of /etc/rabbitmq/rabbitmq-env.conf
-# RMQ_RUN CMD...: run CMD as the broker's user (setpriv execs, so $! of `... &` is CMD's pid),
-# in the node's environment only (env -i), from the node's directory.
-RMQ_RUN=()
-if idem_is_root; then RMQ_RUN=(setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups); fi
-RMQ_RUN+=(env -i -C "$RMQ_DIR" PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$RMQ_DIR/home"
-	RABBITMQ_NODENAME=idem-test@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-	RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_DIST_PORT="$DIST_PORT"
-	ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT="$EPMD_PORT"
-	RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
-	RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf" RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq.conf"
-	RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins" RABBITMQ_PID_FILE="$RMQ_DIR/rabbit.pid"
-	RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_DIR/log"
-	ERL_CRASH_DUMP="$RMQ_DIR/erl_crash.dump")
-# The Erlang cookie, made before the node and the CLI could race to create it.
-(umask 077; od -An -N16 -tx1 /dev/urandom | tr -d " \n" >"$RMQ_DIR/home/.erlang.cookie")
-chmod 400 "$RMQ_DIR/home/.erlang.cookie"
-if idem_is_root; then chmod 711 "$WORK"; chown -R rabbitmq: "$RMQ_DIR"; fi
-
-for port in "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT"; do
-	if command -v ss >/dev/null && [ -n "$(ss -Hltn "sport = :$port")" ]; then
-		idem_die "port $port is taken (another RabbitMQ or a run of this script?); set RMQ_PORT"
-	fi
-done
-idem_log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (distribution $DIST_PORT, epmd $EPMD_PORT) in $RMQ_DIR"
-"${RMQ_RUN[@]}" epmd -address 127.0.0.1 -port "$EPMD_PORT" >"$WORK/epmd.log" 2>&1 &
-EPMD_PID=$!
-"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmq-server" >"$WORK/rabbitmq.out" 2>&1 &
-RMQ_PID=$!
-START=$SECONDS
-"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmqctl" -q wait "$RMQ_DIR/rabbit.pid" --timeout 90 >"$WORK/wait.log" 2>&1 || {
-	tail -n 30 "$WORK/rabbitmq.out" "$WORK/wait.log" >&2 || true
-	idem_die "RabbitMQ did not start; see $WORK/rabbitmq.out and $RMQ_DIR/log"
-}
-BEAM_PID=$(cat "$RMQ_DIR/rabbit.pid")	# the Erlang VM; RMQ_PID is the script that started it
-idem_log "RabbitMQ is up after $((SECONDS - START)) s"
-
-# Every socket the broker and its epmd listen on is on loopback.
-loopback_only() {
-	local bad
-	command -v ss >/dev/null || return 0
-	bad=$(ss -Hltnp | grep -E "pid=($BEAM_PID|$EPMD_PID)," | awk '{print $4}' |
-		grep -Ev '^(127\.0\.0\.1|\[::1\]):' || true)
-	[ -z "$bad" ] || { echo "listening beyond loopback: $bad" >&2; return 1; }
-	ss -Hltnp | grep -q "pid=$BEAM_PID," # and the broker does listen
-}
-check "RabbitMQ and epmd listen on loopback only" loopback_only
-
-queue_depth() {	# queue_depth QUEUE: prints "READY UNACKED"
-	"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmqctl" -q list_queues --no-table-headers name messages_ready \
-		messages_unacknowledged 2>/dev/null | awk -v q="$1" '$1 == q { print $2, $3 }'
-}
+rmq_start "${RMQ_PORT:-56720}" idem-test RMQ_PORT
+check "RabbitMQ and epmd listen on loopback only" rmq_loopback_only
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 PG_DIR=$(idem_tmpdir)
 idem_cluster_start "$PG_DIR"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -At)
-
-setup_db() {	# setup_db DB: the payment schema, accounts 1..ACCOUNTS at balance 0
-	"${PSQL[@]}" -d postgres -c "CREATE DATABASE $1"
-	"${PSQL[@]}" -d "$1" <<-EOF
-		CREATE EXTENSION idempotent;
-		CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL DEFAULT 0);
-		INSERT INTO accounts (id) SELECT generate_series(1, $ACCOUNTS);
-		-- no unique constraint on purpose: a double charge shows as two rows
-		CREATE TABLE charges (payment_id text NOT NULL, account int NOT NULL, amount numeric NOT NULL);
-		-- what the publisher sent (its manifest) and what the consumers said (their output)
-		CREATE TABLE expected (payment_id text PRIMARY KEY, account int, amount numeric, publishes int);
-		CREATE TABLE deliveries (payment_id text, status text, redelivered bool);
-	EOF
-}
 
 # --- one run: publish, consume under SIGKILLs, drain, measure ----------------------------------
 declare -A R	# results: R[mode.metric]
@@ -188,7 +79,7 @@ run() {	# run MODE: MODE is idem or naive
 	local mode=$1 queue=payments-$1 flag='' slot pid pub rc t0 depth deadline drained=0 kills=0 odd=0
 	local -a pids=()
 	[ "$mode" = naive ] && flag=--naive
-	setup_db "$mode"
+	rmq_setup_db "$mode"
 
 	start_consumer() {	# start_consumer SLOT
 		PGDATABASE=$mode "$WORK/bin/consumer" --port "$AMQP_PORT" --queue "$queue" \
@@ -219,14 +110,12 @@ run() {	# run MODE: MODE is idem or naive
 		kill -0 "$pub" 2>/dev/null && continue
 		[ "$("${PSQL[@]}" -d "$mode" -c 'SELECT count(DISTINCT payment_id) FROM charges')" -lt "$MESSAGES" ] || break
 	done
-	wait "$pub" || { cat "$WORK/$mode.publisher.log" >&2; idem_die "the publisher failed"; }
-	cat "$WORK/$mode.publisher.log"
-	"${PSQL[@]}" -d "$mode" -c "\\copy expected FROM '$WORK/$mode.manifest' CSV"
+	rmq_load_manifest "$mode" "$pub"
 
 	idem_log "[$mode] $kills kills; waiting up to ${DRAIN_TIMEOUT}s for the queue to drain"
 	deadline=$((SECONDS + DRAIN_TIMEOUT))
 	while [ "$SECONDS" -lt "$deadline" ]; do
-		depth=$(queue_depth "$queue")
+		depth=$(rmq_queue_depth "$queue")
 		if [ "$depth" = "0 0" ]; then drained=1; break; fi
 		sleep 0.5
 	done
@@ -238,42 +127,7 @@ run() {	# run MODE: MODE is idem or naive
 	done
 	CONSUMER_PIDS=()
 	R[$mode.drained]=$drained R[$mode.kills]=$kills R[$mode.odd_exits]=$odd
-
-	cat "$WORK/$mode".consumer.*.out | awk '{ printf "%s,%s,%s\n", $1, $2, ($3 == "redelivered") ? "t" : "f" }' \
-		>"$WORK/$mode.deliveries.csv"
-	"${PSQL[@]}" -d "$mode" -c "\\copy deliveries FROM '$WORK/$mode.deliveries.csv' CSV"
-
-	local name value
-	while IFS='|' read -r name value; do R[$mode.$name]=$value; done < <("${PSQL[@]}" -d "$mode" <<-'EOF'
-		WITH per_key AS (
-		  SELECT e.payment_id, e.publishes, count(c.payment_id) AS n
-		  FROM expected e LEFT JOIN charges c USING (payment_id) GROUP BY 1, 2),
-		balances AS (
-		  SELECT a.id, a.balance, -coalesce(sum(e.amount), 0) AS expected
-		  FROM accounts a LEFT JOIN expected e ON e.account = a.id GROUP BY 1, 2)
-		SELECT 'payments', count(*)::text FROM expected
-		UNION ALL SELECT 'publishes', sum(publishes)::text FROM expected
-		UNION ALL SELECT 'deliveries', count(*)::text FROM deliveries
-		UNION ALL SELECT 'redelivered', count(*) FILTER (WHERE redelivered)::text FROM deliveries
-		UNION ALL SELECT 'applied', count(*) FILTER (WHERE status = 'applied')::text FROM deliveries
-		UNION ALL SELECT 'duplicate', count(*) FILTER (WHERE status = 'duplicate')::text FROM deliveries
-		UNION ALL SELECT 'errors', count(*) FILTER (WHERE status NOT IN ('applied', 'duplicate'))::text FROM deliveries
-		-- published once, yet charged again or found duplicate on redelivery: its ack died with a consumer
-		UNION ALL SELECT 'ack_lost', CASE current_database() WHEN 'naive'
-		    THEN (SELECT count(*) FROM per_key WHERE publishes = 1 AND n > 1)
-		    ELSE (SELECT count(DISTINCT d.payment_id) FROM deliveries d JOIN expected e USING (payment_id)
-		          WHERE e.publishes = 1 AND d.redelivered AND d.status = 'duplicate') END::text
-		UNION ALL SELECT 'not_once', count(*)::text FROM per_key WHERE n <> 1
-		UNION ALL SELECT 'never', count(*)::text FROM per_key WHERE n = 0
-		UNION ALL SELECT 'twice', count(*)::text FROM per_key WHERE n > 1
-		UNION ALL SELECT 'extra', coalesce(sum(n - 1) FILTER (WHERE n > 1), 0)::text FROM per_key
-		UNION ALL SELECT 'unknown', count(*)::text FROM charges WHERE payment_id NOT IN (SELECT payment_id FROM expected)
-		UNION ALL SELECT 'overcharged', to_char((SELECT coalesce(sum(amount), 0) FROM charges)
-		                                 - (SELECT sum(amount) FROM expected), 'FM999,999,990.00')
-		UNION ALL SELECT 'wrong_balances', count(*) FILTER (WHERE balance <> expected)::text FROM balances
-		UNION ALL SELECT 'ledger', (SELECT count(*) FROM idem_ledger)::text;
-	EOF
-	)
+	rmq_measure "$mode"
 }
 
 run idem

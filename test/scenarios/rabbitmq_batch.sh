@@ -34,6 +34,8 @@
 # KEEP_TMP=1 keeps the logs.
 # shellcheck source=../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=../../scripts/rabbitmq.sh
+. "$IDEM_ROOT/scripts/rabbitmq.sh"
 
 if [ $# -gt 0 ]; then	# no arguments: settings come from the environment
 	sed -n '2,/^# KEEP_TMP/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
@@ -52,10 +54,6 @@ SEED=${RMQB_SEED:-1}
 NAIVE=${RMQB_NAIVE:-1}
 BENCH=${RMQB_BENCH:-10000}
 ACCOUNTS=100
-AMQP_PORT=${RMQB_PORT:-56730}
-DIST_PORT=$((AMQP_PORT + 1))
-EPMD_PORT=$((AMQP_PORT + 2))
-RMQ_SBIN=/usr/lib/rabbitmq/bin
 PYTHON=/usr/bin/python3
 EXAMPLE=$IDEM_ROOT/examples/rabbitmq-batch
 RANDOM=$SEED
@@ -85,42 +83,8 @@ gt0() { [ "${1:-0}" -gt 0 ] || { echo "  expected > 0, got $1" >&2; return 1; };
 
 # --- work directory, consumers, cleanup ----------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-rabbitmq-batch.XXXXXX)
-RMQ_DIR=$WORK/rabbitmq
-CONSUMER_PIDS=()
-RMQ_PID='' BEAM_PID='' EPMD_PID='' PG_DIR=''
-
-stop_consumers() {
-	local pid
-	for pid in "${CONSUMER_PIDS[@]}"; do
-		kill -KILL "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	CONSUMER_PIDS=()
-	return 0
-}
-
-cleanup() {
-	local rc=$?
-	set +e	# clean up everything, whatever fails
-	[ "$rc" -eq 0 ] || IDEM_FAILED=1
-	stop_consumers
-	if [ -n "$RMQ_PID" ] && kill -0 "$RMQ_PID" 2>/dev/null; then	# the start script, waiting for the VM
-		"${RMQ_RUN[@]}" timeout 60 "$RMQ_SBIN/rabbitmqctl" shutdown >/dev/null 2>&1 || {
-			[ -n "$BEAM_PID" ] && kill -KILL "$BEAM_PID" 2>/dev/null
-			kill -KILL "$RMQ_PID" 2>/dev/null
-		} || true
-		wait "$RMQ_PID" 2>/dev/null || true
-	fi
-	if [ -n "$EPMD_PID" ]; then kill "$EPMD_PID" 2>/dev/null || true; wait "$EPMD_PID" 2>/dev/null || true; fi
-	[ -n "$PG_DIR" ] && idem_cluster_stop "$PG_DIR"
-	if [ "${IDEM_FAILED:-0}" = 1 ] || [ "${KEEP_TMP:-0}" = 1 ]; then
-		echo "kept $WORK for inspection (RabbitMQ log: $RMQ_DIR/log, consumer output: $WORK/*.consumer.*)"
-	else
-		rm -rf "$WORK"
-	fi
-	return 0
-}
-trap cleanup EXIT
+PG_DIR=''
+trap rmq_cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [ "$BENCH" -gt 0 ]; then
@@ -130,89 +94,13 @@ if [ "$BENCH" -gt 0 ]; then
 fi
 
 # --- a private RabbitMQ node on loopback ----------------------------------------------------
-# Debian's /usr/sbin/rabbitmq-server only runs as root or `rabbitmq` and uses /var/lib/rabbitmq;
-# we run the scripts under /usr/lib/rabbitmq/bin instead, as `rabbitmq` (or ourselves when not
-# root), with every path, name and port of the node in the environment.
-mkdir -p "$RMQ_DIR/home"
-cat >"$RMQ_DIR/rabbitmq.conf" <<CONF
-listeners.tcp.1 = 127.0.0.1:$AMQP_PORT
-loopback_users.guest = true
-CONF
-echo '[].' >"$RMQ_DIR/enabled_plugins"
-: >"$RMQ_DIR/rabbitmq-env.conf"	# instead of /etc/rabbitmq/rabbitmq-env.conf
-# RMQ_RUN CMD...: run CMD as the broker's user (setpriv execs, so $! of `... &` is CMD's pid),
-# in the node's environment only (env -i), from the node's directory.
-RMQ_RUN=()
-if idem_is_root; then RMQ_RUN=(setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups); fi
-RMQ_RUN+=(env -i -C "$RMQ_DIR" PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$RMQ_DIR/home"
-	RABBITMQ_NODENAME=idem-batch@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-	RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_DIST_PORT="$DIST_PORT"
-	ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT="$EPMD_PORT"
-	RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
-	RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf" RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq.conf"
-	RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins" RABBITMQ_PID_FILE="$RMQ_DIR/rabbit.pid"
-	RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_DIR/log"
-	ERL_CRASH_DUMP="$RMQ_DIR/erl_crash.dump")
-# The Erlang cookie, made before the node and the CLI could race to create it.
-(umask 077; od -An -N16 -tx1 /dev/urandom | tr -d " \n" >"$RMQ_DIR/home/.erlang.cookie")
-chmod 400 "$RMQ_DIR/home/.erlang.cookie"
-if idem_is_root; then chmod 711 "$WORK"; chown -R rabbitmq: "$RMQ_DIR"; fi
-
-for port in "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT"; do
-	if command -v ss >/dev/null && [ -n "$(ss -Hltn "sport = :$port")" ]; then
-		idem_die "port $port is taken (another RabbitMQ or a run of this script?); set RMQB_PORT"
-	fi
-done
-idem_log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (distribution $DIST_PORT, epmd $EPMD_PORT) in $RMQ_DIR"
-"${RMQ_RUN[@]}" epmd -address 127.0.0.1 -port "$EPMD_PORT" >"$WORK/epmd.log" 2>&1 &
-EPMD_PID=$!
-"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmq-server" >"$WORK/rabbitmq.out" 2>&1 &
-RMQ_PID=$!
-START=$SECONDS
-"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmqctl" -q wait "$RMQ_DIR/rabbit.pid" --timeout 90 >"$WORK/wait.log" 2>&1 || {
-	tail -n 30 "$WORK/rabbitmq.out" "$WORK/wait.log" >&2 || true
-	idem_die "RabbitMQ did not start; see $WORK/rabbitmq.out and $RMQ_DIR/log"
-}
-BEAM_PID=$(cat "$RMQ_DIR/rabbit.pid")	# the Erlang VM; RMQ_PID is the script that started it
-idem_log "RabbitMQ is up after $((SECONDS - START)) s"
-
-# Every socket the broker and its epmd listen on is on loopback.
-loopback_only() {
-	local bad
-	command -v ss >/dev/null || return 0
-	bad=$(ss -Hltnp | grep -E "pid=($BEAM_PID|$EPMD_PID)," | awk '{print $4}' |
-		grep -Ev '^(127\.0\.0\.1|\[::1\]):' || true)
-	[ -z "$bad" ] || { echo "listening beyond loopback: $bad" >&2; return 1; }
-	ss -Hltnp | grep -q "pid=$BEAM_PID," # and the broker does listen
-}
-check "RabbitMQ and epmd listen on loopback only" loopback_only
-
-queue_depth() {	# queue_depth QUEUE: prints "READY UNACKED"
-	"${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmqctl" -q list_queues --no-table-headers name messages_ready \
-		messages_unacknowledged 2>/dev/null | awk -v q="$1" '$1 == q { print $2, $3 }'
-}
+rmq_start "${RMQB_PORT:-56730}" idem-batch RMQB_PORT
+check "RabbitMQ and epmd listen on loopback only" rmq_loopback_only
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 PG_DIR=$(idem_tmpdir)
 idem_cluster_start "$PG_DIR"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -At)
-
-setup_db() {	# setup_db DB: the payment schema, accounts 1..ACCOUNTS at balance 0
-	"${PSQL[@]}" -d postgres -c "CREATE DATABASE $1"
-	"${PSQL[@]}" -d "$1" <<-SQL
-		CREATE EXTENSION idempotent;
-		CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL DEFAULT 0);
-		INSERT INTO accounts (id) SELECT generate_series(1, $ACCOUNTS);
-		-- no unique constraint on purpose: a double charge shows as two rows; the transaction
-		-- and the time of each charge, for the counts of batches and the throughput
-		CREATE TABLE charges (payment_id text NOT NULL, account int NOT NULL, amount numeric NOT NULL,
-		                      xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-		                      at timestamptz NOT NULL DEFAULT clock_timestamp());
-		-- what the publisher sent (its manifest) and what the consumers said (their output)
-		CREATE TABLE expected (payment_id text PRIMARY KEY, account int, amount numeric, publishes int);
-		CREATE TABLE deliveries (payment_id text, status text, redelivered bool);
-	SQL
-}
 
 declare -A R	# results: R[mode.metric]
 
@@ -221,7 +109,7 @@ run() {	# run MODE: MODE is idem or naive
 	local mode=$1 queue=payments-$1 flag='' slot pid pub rc t0 depth deadline drained=0 kills=0 odd=0
 	local -a pids=()
 	[ "$mode" = naive ] && flag=--naive
-	setup_db "$mode"
+	rmq_setup_db "$mode"
 
 	start_consumer() {	# start_consumer SLOT
 		PGDATABASE=$mode "$PYTHON" "$EXAMPLE/consumer.py" --port "$AMQP_PORT" --queue "$queue" \
@@ -254,14 +142,12 @@ run() {	# run MODE: MODE is idem or naive
 		kill -0 "$pub" 2>/dev/null && continue
 		[ "$("${PSQL[@]}" -d "$mode" -c 'SELECT count(DISTINCT payment_id) FROM charges')" -lt "$MESSAGES" ] || break
 	done
-	wait "$pub" || { cat "$WORK/$mode.publisher.log" >&2; idem_die "the publisher failed"; }
-	cat "$WORK/$mode.publisher.log"
-	"${PSQL[@]}" -d "$mode" -c "\\copy expected FROM '$WORK/$mode.manifest' CSV"
+	rmq_load_manifest "$mode" "$pub"
 
 	idem_log "[$mode] $kills kills; waiting up to ${DRAIN_TIMEOUT}s for the queue to drain"
 	deadline=$((SECONDS + DRAIN_TIMEOUT))
 	while [ "$SECONDS" -lt "$deadline" ]; do
-		depth=$(queue_depth "$queue")
+		depth=$(rmq_queue_depth "$queue")
 		if [ "$depth" = "0 0" ]; then drained=1; break; fi
 		for ((slot = 0; slot < CONSUMERS; slot++)); do	# restart those that crashed after a commit
 			pid=${pids[$slot]}
@@ -283,52 +169,14 @@ run() {	# run MODE: MODE is idem or naive
 	R[$mode.retried]=$(grep -c 'running it again' "$WORK/$mode.consumer.err" || true)
 	R[$mode.crashes]=$(grep -c 'crashing after the commit' "$WORK/$mode.consumer.err" || true)
 	R[$mode.one_by_one]=$(grep -c 'one by one' "$WORK/$mode.consumer.err" || true)
-
-	cat "$WORK/$mode".consumer.*.out | awk '{ printf "%s,%s,%s\n", $1, $2, ($3 == "redelivered") ? "t" : "f" }' \
-		>"$WORK/$mode.deliveries.csv"
-	"${PSQL[@]}" -d "$mode" -c "\\copy deliveries FROM '$WORK/$mode.deliveries.csv' CSV"
-
-	local name value
-	while IFS='|' read -r name value; do R[$mode.$name]=$value; done < <("${PSQL[@]}" -d "$mode" <<-'SQL'
-		WITH per_key AS (
-		  SELECT e.payment_id, e.publishes, e.amount, count(c.payment_id) AS n, coalesce(sum(c.amount), 0) AS charged
-		  FROM expected e LEFT JOIN charges c USING (payment_id) GROUP BY 1, 2, 3),
-		balances AS (
-		  SELECT a.id, a.balance, -coalesce(sum(e.amount), 0) AS expected
-		  FROM accounts a LEFT JOIN expected e ON e.account = a.id GROUP BY 1, 2)
-		SELECT 'payments', count(*)::text FROM expected
-		UNION ALL SELECT 'publishes', sum(publishes)::text FROM expected
-		UNION ALL SELECT 'deliveries', count(*)::text FROM deliveries
-		UNION ALL SELECT 'redelivered', count(*) FILTER (WHERE redelivered)::text FROM deliveries
-		UNION ALL SELECT 'applied', count(*) FILTER (WHERE status = 'applied')::text FROM deliveries
-		UNION ALL SELECT 'duplicate', count(*) FILTER (WHERE status = 'duplicate')::text FROM deliveries
-		UNION ALL SELECT 'errors', count(*) FILTER (WHERE status NOT IN ('applied', 'duplicate'))::text FROM deliveries
-		-- published once, yet charged again or found duplicate on redelivery: its ack died with a consumer
-		UNION ALL SELECT 'ack_lost', CASE current_database() WHEN 'naive'
-		    THEN (SELECT count(*) FROM per_key WHERE publishes = 1 AND n > 1)
-		    ELSE (SELECT count(DISTINCT d.payment_id) FROM deliveries d JOIN expected e USING (payment_id)
-		          WHERE e.publishes = 1 AND d.redelivered AND d.status = 'duplicate') END::text
-		UNION ALL SELECT 'batches', count(DISTINCT xid)::text FROM charges
-		UNION ALL SELECT 'batch_size', round(count(*)::numeric / nullif(count(DISTINCT xid), 0))::text FROM charges
-		UNION ALL SELECT 'not_once', count(*)::text FROM per_key WHERE n <> 1
-		UNION ALL SELECT 'wrong_sum', count(*)::text FROM per_key WHERE charged <> amount
-		UNION ALL SELECT 'never', count(*)::text FROM per_key WHERE n = 0
-		UNION ALL SELECT 'twice', count(*)::text FROM per_key WHERE n > 1
-		UNION ALL SELECT 'extra', coalesce(sum(n - 1) FILTER (WHERE n > 1), 0)::text FROM per_key
-		UNION ALL SELECT 'unknown', count(*)::text FROM charges WHERE payment_id NOT IN (SELECT payment_id FROM expected)
-		UNION ALL SELECT 'overcharged', to_char((SELECT coalesce(sum(amount), 0) FROM charges)
-		                                 - (SELECT sum(amount) FROM expected), 'FM999,999,990.00')
-		UNION ALL SELECT 'wrong_balances', count(*) FILTER (WHERE balance <> expected)::text FROM balances
-		UNION ALL SELECT 'ledger', (SELECT count(*) FROM idem_ledger)::text;
-	SQL
-	)
+	rmq_measure "$mode"
 }
 
 # --- throughput without kills: a full queue drained by one kind of consumer --------------------
 bench() {	# bench MODE: batch (consumer.py) or single (examples/rabbitmq's consumer)
 	local mode=$1 db=bench_$1 queue=bench-$1 slot n=0 deadline name
 	local -a cmd
-	setup_db "$db"
+	rmq_setup_db "$db"
 	"$PYTHON" "$EXAMPLE/publisher.py" --port "$AMQP_PORT" --queue "$queue" --count "$BENCH" \
 		--duplicates 0 --accounts "$ACCOUNTS" --seed "$SEED" 2>"$WORK/$db.publisher.log" ||
 		{ cat "$WORK/$db.publisher.log" >&2; idem_die "the publisher failed"; }
@@ -349,7 +197,7 @@ bench() {	# bench MODE: batch (consumer.py) or single (examples/rabbitmq's consu
 		[ "$n" -lt "$BENCH" ] || break
 		sleep 0.2
 	done
-	stop_consumers
+	idem_stop_consumers
 	# from the first charge's commit to the last one's, the consumers' start-up left out
 	R[bench.$mode.charged]=$n
 	IFS='|' read -r "R[bench.$mode.rate]" "R[bench.$mode.per_tx]" < <("${PSQL[@]}" -d "$db" -c \
@@ -362,7 +210,7 @@ bench() {	# bench MODE: batch (consumer.py) or single (examples/rabbitmq's consu
 # --- bad messages in a batch: dropped one by one, the rest of the batch applied ---------------
 poison() {
 	local depth
-	setup_db poison
+	rmq_setup_db poison
 	# a key recorded under policy newer: the batch's claim (policy once) fails with ID002
 	"${PSQL[@]}" -d poison -c "SELECT status FROM idem_claim('poison-2', 7)" >/dev/null
 	"$PYTHON" - "$AMQP_PORT" <<-'PY'
@@ -390,7 +238,7 @@ poison() {
 		FROM charges" -c "SELECT string_agg(id || '=' || balance, ' ' ORDER BY id) FROM accounts WHERE balance <> 0" |
 		tr '\n' ' ')
 	R[poison.split]=$(grep -c 'one by one' "$WORK/poison.consumer.err" || true)
-	depth=$(queue_depth payments-poison)
+	depth=$(rmq_queue_depth payments-poison)
 	R[poison.depth]=${depth:-?}
 }
 
