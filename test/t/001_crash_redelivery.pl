@@ -105,11 +105,7 @@ sub crash_power_loss
 # Crash 2: SIGKILL one consumer's backend; the postmaster resets all others.
 sub crash_backend
 {
-	my $pid = $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'consumer%' ORDER BY application_name LIMIT 1");
-	die "no consumer has a backend" unless $pid =~ /^\d+$/;
-	kill('KILL', $pid) or die "could not kill backend $pid: $!";
-	note "killed backend $pid of a consumer with SIGKILL";
+	PaymentStream::kill_consumer_backend($node);
 	return;
 }
 

@@ -40,7 +40,6 @@ use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
 use PaymentStream;
-use IPC::Run;
 use Time::HiRes qw(usleep time);
 
 my $started_at = time;
@@ -55,11 +54,7 @@ my %generated = PaymentStream::generate(
 	payments   => $NPAY,
 	accounts   => $NACCT,
 	seed       => 0x5EED0040);
-my %pay              = %{ $generated{pay} };
-my @stream           = @{ $generated{stream} };
-my @len              = @{ $generated{len} };
-my $nmsg             = $generated{nmsg};
-my %expected_balance = %{ $generated{balance} };
+my ($pay, $stream, $len) = @generated{qw(pay stream len)};
 
 cmp_ok(PaymentStream::check_streams(\%generated, $NPAY),
 	'>', $NPAY / 20, 'many payments are on two partitions (batches race on them)');
@@ -67,12 +62,12 @@ cmp_ok(PaymentStream::check_streams(\%generated, $NPAY),
 	my $inside = 0;
 	for my $p (0 .. $NPART - 1)
 	{
-		for (my $from = 1; $from <= $len[$p]; $from += $BATCH)
+		for (my $from = 1; $from <= $len->[$p]; $from += $BATCH)
 		{
 			my %seen;
 			my $to = $from + $BATCH - 1;
-			$to = $len[$p] if $to > $len[$p];
-			$inside += grep { $seen{$_}++ } @{ $stream[$p] }[ $from - 1 .. $to - 1 ];
+			$to = $len->[$p] if $to > $len->[$p];
+			$inside += grep { $seen{$_}++ } @{ $stream->[$p] }[ $from - 1 .. $to - 1 ];
 		}
 	}
 	cmp_ok($inside, '>', $NPAY / 50, "$inside payments are repeated inside one batch");
@@ -115,61 +110,36 @@ my @printed;       # every ack: [epoch, p, from, to, napplied, statuses]
 my @epoch_from;    # epoch => [first seq delivered per partition]
 
 # One psql per partition delivering its stream from $from[p] to the end, in
-# batches of $BATCH, with a pg_sleep of $think seconds between batches.
+# batches of $BATCH, with a pg_sleep of $think seconds between batches; its
+# acks are per batch (PaymentStream::read_acks).
 sub start_clients
 {
 	my ($epoch, $from, $think) = @_;
 	my (@clients, $todo);
 	for my $p (0 .. $NPART - 1)
 	{
-		next if $from->[$p] > $len[$p];
+		next if $from->[$p] > $len->[$p];
 		my $file = "$tempdir/e${epoch}_p$p";
 		open my $fh, '>', "$file.sql" or die "could not write $file.sql: $!";
 		print $fh $prepare;
-		for (my $f = $from->[$p]; $f <= $len[$p]; $f += $BATCH)
+		for (my $f = $from->[$p]; $f <= $len->[$p]; $f += $BATCH)
 		{
 			my $t = $f + $BATCH - 1;
-			$t = $len[$p] if $t > $len[$p];
-			my @ids = @{ $stream[$p] }[ $f - 1 .. $t - 1 ];
-			print $fh "SELECT pg_sleep($think);\n" if $think;
+			$t = $len->[$p] if $t > $len->[$p];
+			my @ids = @{ $stream->[$p] }[ $f - 1 .. $t - 1 ];
+			print $fh "DO \$\$BEGIN PERFORM pg_sleep($think); END\$\$;\n" if $think;
 			printf $fh "EXECUTE consume('{%s}', '{%s}', '{%s}', '%d:%d', %d, %d, %d);\n",
 			  join(',', @ids),
-			  join(',', map { $pay{$_}[0] } @ids),
-			  join(',', map { $pay{$_}[1] } @ids),
+			  join(',', map { $pay->{$_}[0] } @ids),
+			  join(',', map { $pay->{$_}[1] } @ids),
 			  $epoch, $p, $p, $f, $t;
 		}
 		close $fh;
-		my $h = IPC::Run::start(
-			[
-				$node->installed_command('psql'), '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-				'-d', $node->connstr('postgres') . " application_name=consumer$p",
-				'-f', "$file.sql"
-			],
-			'<', \undef, '>', "$file.out", '2>', "$file.err",
-			IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-		push @clients, { p => $p, h => $h, out => "$file.out", err => "$file.err",
-			from => $from->[$p] };
-		$todo += $len[$p] - $from->[$p] + 1;
+		push @clients, PaymentStream::start_psql($node, $file, p => $p, from => $from->[$p],
+			to => $len->[$p], batch => 1);
+		$todo += $len->[$p] - $from->[$p] + 1;
 	}
 	return (\@clients, $todo);
-}
-
-# The complete ack lines a client has printed so far.
-sub read_acks
-{
-	my ($c, $epoch) = @_;
-	my $text = -e $c->{out} ? slurp_file($c->{out}) : '';
-	$text =~ s/[^\n]*\z//;    # a line still being written is not an ack yet
-	my @acks;
-	for my $line (split /\n/, $text)
-	{
-		next if $line eq '';    # pg_sleep's empty row
-		die "unexpected output from client $c->{p}: $line"
-		  unless $line =~ /^ack\|(\d+)\|(\d+)\|(\d+)\|(\d+)\|([a-z]+)$/;
-		die "client $c->{p} printed an ack for partition $1" unless $1 == $c->{p};
-		push @acks, [ $epoch, $1, $2, $3, $4, $5 ];
-	}
-	return @acks;
 }
 
 sub messages_acked
@@ -178,7 +148,7 @@ sub messages_acked
 	my $n = 0;
 	for my $c (@$clients)
 	{
-		$n += $_->[3] - $_->[2] + 1 for read_acks($c, $epoch);
+		$n += $_->[3] - $_->[2] + 1 for PaymentStream::read_acks($c, $epoch);
 	}
 	return $n;
 }
@@ -199,7 +169,7 @@ sub run_epoch
 		my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
 		usleep(5_000)
 		  while messages_acked($clients, $epoch) < $todo * $opt{fraction} && time < $deadline;
-		@broker_view = map { read_acks($_, $epoch) } @$clients;
+		@broker_view = map { PaymentStream::read_acks($_, $epoch) } @$clients;
 		usleep(30_000);
 		$opt{crash}->();
 	}
@@ -207,34 +177,21 @@ sub run_epoch
 	for my $c (@$clients)
 	{
 		my $what = "epoch $epoch, partition $c->{p}";
-		$c->{h}->finish;
-		my $exit   = $c->{h}->result(0);
-		my $stderr = slurp_file($c->{err});
-		my @acks   = read_acks($c, $epoch);
-		$c->{acks} = \@acks;
+		my @acks = PaymentStream::finish_client($c, $epoch, $what);
 		push @printed, @acks;
-
-		# the batches were acknowledged in order, each right after the previous
-		my $next = $c->{from};
-		my $in_order = 1;
-		for my $a (@acks)
-		{
-			$in_order = 0 unless $a->[2] == $next;
-			$next = $a->[3] + 1;
-		}
-		ok($in_order, "$what: batches acknowledged in order from message $c->{from}");
+		my $next = @acks ? $acks[-1][3] + 1 : $c->{from};    # the first message not acknowledged
 		if ($opt{crash})
 		{
-			isnt($exit, 0, "$what: the crash cut the client off mid-stream");
-			cmp_ok($next, '<=', $len[ $c->{p} ], "$what: not every message was acknowledged");
-			unlike($stderr, qr/\bERROR:/, "$what: no SQL error before the crash")
-			  or diag($stderr);
+			isnt($c->{exit}, 0, "$what: the crash cut the client off mid-stream");
+			cmp_ok($next, '<=', $c->{to}, "$what: not every message was acknowledged");
+			unlike($c->{stderr}, qr/\bERROR:/, "$what: no SQL error before the crash")
+			  or diag($c->{stderr});
 		}
 		else
 		{
-			is($exit, 0, "$what: client ran to the end") or diag("stderr: $stderr");
-			is($next, $len[ $c->{p} ] + 1, "$what: every message acknowledged");
-			is($stderr, '', "$what: no errors (no deadlock between batches)");
+			is($c->{exit}, 0, "$what: client ran to the end") or diag("stderr: $c->{stderr}");
+			is($next, $c->{to} + 1, "$what: every message acknowledged");
+			is($c->{stderr}, '', "$what: no errors (no deadlock between batches)");
 		}
 	}
 
@@ -250,14 +207,10 @@ sub run_epoch
 	return;
 }
 
-# Crash 1: SIGKILL the backend of one consumer; the postmaster resets all.
+# Crash 1: SIGKILL the backend of the last consumer; the postmaster resets all.
 sub crash_backend
 {
-	my $pid = $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'consumer%' ORDER BY application_name DESC LIMIT 1");
-	die "no consumer has a backend" unless $pid =~ /^\d+$/;
-	kill('KILL', $pid) or die "could not kill backend $pid: $!";
-	note "killed backend $pid of a consumer with SIGKILL";
+	PaymentStream::kill_consumer_backend($node, 1);
 	return;
 }
 
@@ -288,7 +241,7 @@ run_epoch(2, kind => 'immediate shutdown', crash => \&crash_immediate, fraction 
 		'crash 2: the server recovered from WAL');
 }
 run_epoch(3, kind => 'clean', think => 0);
-is_deeply(\@acked, \@len, 'every message of every partition was acknowledged');
+is_deeply(\@acked, $len, 'every message of every partition was acknowledged');
 
 ###########################################################################
 # The effects: every payment exactly once.
@@ -308,15 +261,15 @@ my %count = map { split /=/ } split /,/,
 my @twice = grep { $count{$_} != 1 } sort keys %count;
 is(scalar(@twice), 0, 'no payment was applied more than once')
   or diag('applied more than once: ' . PaymentStream::show(@twice));
-is_deeply([ sort keys %count ], [ sort keys %pay ],
+is_deeply([ sort keys %count ], [ sort keys %$pay ],
 	'the payments applied are exactly the distinct payments of the streams');
 
 my %sum = map { split /=/ } split /,/,
   $node->safe_psql('postgres',
 	q{SELECT string_agg(account || '=' || total, ',') FROM
 	  (SELECT account, sum(amount) AS total FROM payments GROUP BY account) s});
-$sum{$_} //= 0 for keys %expected_balance;
-is_deeply(\%sum, \%expected_balance, 'each account\'s payments sum to its distinct payments');
+$sum{$_} //= 0 for keys %{ $generated{balance} };
+is_deeply(\%sum, $generated{balance}, 'each account\'s payments sum to its distinct payments');
 
 my %delivery_of = map { split /\|/ } split /\n/,
   $node->safe_psql('postgres', q{SELECT payment_id, delivery FROM payments});
@@ -326,7 +279,7 @@ my %delivery_of = map { split /\|/ } split /\n/,
 	{
 		my ($e, $p, $seq) = split /:/, $delivery_of{$id};
 		push @bad, "$id:$delivery_of{$id}"
-		  unless defined $seq && $e >= 1 && $e <= 3 && ($stream[$p][ $seq - 1 ] // '') eq $id;
+		  unless defined $seq && $e >= 1 && $e <= 3 && ($stream->[$p][ $seq - 1 ] // '') eq $id;
 	}
 	is(scalar(@bad), 0, 'every payment was applied by a delivery of that payment')
 	  or diag(PaymentStream::show(@bad));
@@ -335,7 +288,7 @@ is( $node->safe_psql('postgres',
 		q{SELECT count(*) || ' ' || count(*) FILTER (WHERE policy = 'o' AND version IS NULL
 		                                          AND rows IS NULL AND result IS NULL)
 		  FROM idem_ledger}),
-	scalar(keys %pay) . ' ' . scalar(keys %pay),
+	scalar(keys %$pay) . ' ' . scalar(keys %$pay),
 	'the ledger has one claimed once key per distinct payment');
 
 ###########################################################################
@@ -351,7 +304,7 @@ is( $node->safe_psql('postgres',
 		$statuses{$_}++ for split //, $st;
 		for my $i (0 .. length($st) - 1)
 		{
-			push @{ $applied_by{ $stream[$p][ $from - 1 + $i ] } }, "$e:$p:" . ($from + $i)
+			push @{ $applied_by{ $stream->[$p][ $from - 1 + $i ] } }, "$e:$p:" . ($from + $i)
 			  if substr($st, $i, 1) eq 'a';
 		}
 	}
@@ -376,7 +329,7 @@ for my $e (1, 2)
 		my ($ae, $p, $from, $to, $napplied, $st) = @$a;
 		for my $seq ($from .. $to)
 		{
-			my $id = $stream[$p][ $seq - 1 ];
+			my $id = $stream->[$p][ $seq - 1 ];
 			next unless ($delivery_of{$id} // '') eq "$e:$p:$seq";
 			$redelivered++;
 			push @wrong, "$p:$seq" unless substr($st, $seq - $from, 1) eq 'd';
@@ -399,7 +352,7 @@ $node->safe_psql('postgres', 'SELECT idem_stats_reset()');
 	my @replay = @printed[ $n_before .. $#printed ];
 	my $messages = 0;
 	$messages += $_->[3] - $_->[2] + 1 for @replay;
-	is($messages, $nmsg, 'the replay acknowledged every message');
+	is($messages, $generated{nmsg}, 'the replay acknowledged every message');
 	is(scalar(grep { $_->[4] != 0 || $_->[5] =~ /[^d]/ } @replay),
 		0, 'every replayed message is a duplicate');
 }
@@ -408,7 +361,7 @@ is($node->safe_psql('postgres', $effects_query),
 is( $node->safe_psql('postgres',
 		q{SELECT calls || '/' || duplicate || '/' || applied || '/' || errors FROM idem_stat
 		  WHERE policy = 'once'}),
-	"$nmsg/$nmsg/0/0", 'idem_stat counted each element of the replayed batches as a call');
+	"$generated{nmsg}/$generated{nmsg}/0/0", 'idem_stat counted each element of the replayed batches as a call');
 
 # A batch that fails (a key of another policy) is one error; bad input is none.
 $node->safe_psql('postgres', 'SELECT idem_stats_reset()');

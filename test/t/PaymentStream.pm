@@ -10,8 +10,8 @@
 # Also what those tests share around the streams: the fixed-seed generator
 # (used by 020_pgq_consumer.pl too), the payments schema and the statement
 # that applies a payment, the psql clients that consume a partition and print
-# an ack per message, the broker's offsets, and killing every process of a
-# server at once.
+# an ack per message (or per batch, in 040_batch_consumers.pl), the broker's
+# offsets, and killing every process of a server at once.
 
 package PaymentStream;
 
@@ -187,35 +187,52 @@ sub start_clients
 			  . "'$id'::text, $acct, $amount) AS o;\n";
 		}
 		close $fh;
-		my $h = IPC::Run::start(
-			[
-				$node->installed_command('psql'), '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-				'-d', $node->connstr('postgres') . " application_name=consumer$p",
-				'-f', "$file.sql"
-			],
-			'<', \undef, '>', "$file.out", '2>', "$file.err",
-			IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-		push @clients,
-		  { p => $p, h => $h, out => "$file.out", err => "$file.err", from => $from, to => $to };
+		push @clients, start_psql($node, $file, p => $p, from => $from, to => $to);
 		$todo += $to - $from + 1;
 	}
 	return (\@clients, $todo);
 }
 
-# The complete ack lines a client has printed so far: a client is a psql
-# printing "ack|partition|seq|status|applied|rows" for each message after its
-# commit, into the file $c->{out}; returns [epoch, partition, seq, status,
-# applied, rows] for each.
+# start_psql(node, file, p => partition, from => first seq, to => last seq,
+# batch => 1 if it acks batches): starts a psql (application_name consumerP)
+# running file.sql into file.out and file.err, stopped after the default
+# timeout; returns the client: { p, h (the IPC::Run harness), out, err, from,
+# to, batch }.
+sub start_psql
+{
+	my ($node, $file, %c) = @_;
+	$c{h} = IPC::Run::start(
+		[
+			$node->installed_command('psql'), '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+			'-d', $node->connstr('postgres') . " application_name=consumer$c{p}",
+			'-f', "$file.sql"
+		],
+		'<', \undef, '>', "$file.out", '2>', "$file.err",
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	@c{qw(out err)} = ("$file.out", "$file.err");
+	return \%c;
+}
+
+# The complete ack lines a client has printed so far, into the file $c->{out},
+# each after its commit: per message, "ack|partition|seq|status|applied|rows",
+# returned as [epoch, partition, seq, status, applied, rows]; or, from a
+# batch client, per batch "ack|partition|first seq|last seq|applied|statuses"
+# (the number applied, a letter per message), returned as [epoch, partition,
+# first seq, last seq, applied, statuses].
 sub read_acks
 {
 	my ($c, $epoch) = @_;
+	my $format =
+	  $c->{batch}
+	  ? qr/^ack\|(\d+)\|(\d+)\|(\d+)\|(\d+)\|([a-z]+)$/
+	  : qr/^ack\|(\d+)\|(\d+)\|(\w+)\|([tf])\|(\d*)$/;
 	my $text = -e $c->{out} ? slurp_file($c->{out}) : '';
 	$text =~ s/[^\n]*\z//;    # a line still being written is not an ack yet
 	my @acks;
 	for my $line (split /\n/, $text)
 	{
 		die "unexpected output from client $c->{p}: $line"
-		  unless $line =~ /^ack\|(\d+)\|(\d+)\|(\w+)\|([tf])\|(\d*)$/;
+		  unless $line =~ $format;
 		die "client $c->{p} printed an ack for partition $1" unless $1 == $c->{p};
 		push @acks, [ $epoch, $1, $2, $3, $4, $5 ];
 	}
@@ -249,7 +266,8 @@ sub wait_acks
 
 # finish_client(client, epoch, what): waits for the client's psql to end,
 # keeps its exit status, stderr and acks in the client, and tests that the
-# acks are in order from its first message; returns the acks.
+# acks are in order from its first message (a batch client's: each batch
+# right after the previous one); returns the acks.
 sub finish_client
 {
 	my ($c, $epoch, $what) = @_;
@@ -258,6 +276,18 @@ sub finish_client
 	$c->{stderr} = slurp_file($c->{err});
 	my @acks = read_acks($c, $epoch);
 	$c->{acks} = \@acks;
+	if ($c->{batch})
+	{
+		my $next = $c->{from};
+		my $in_order = 1;
+		for my $a (@acks)
+		{
+			$in_order = 0 unless $a->[2] == $next;
+			$next = $a->[3] + 1;
+		}
+		ok($in_order, "$what: batches acknowledged in order from message $c->{from}");
+		return @acks;
+	}
 	my @seqs = map { $_->[2] } @acks;
 	is_deeply(\@seqs, [ $c->{from} .. $c->{from} + @seqs - 1 ],
 		"$what: acks in order from message $c->{from}");
@@ -275,6 +305,21 @@ sub move_offsets
 		die "ack out of order" unless $seq == $acked->[$p] + 1;
 		$acked->[$p] = $seq;
 	}
+	return;
+}
+
+# kill_consumer_backend(node, last): SIGKILLs the backend of one consumer of
+# start_clients or start_psql: the first by application_name, or the last if
+# last is true. The postmaster then resets every backend.
+sub kill_consumer_backend
+{
+	my ($node, $last) = @_;
+	my $pid = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'consumer%' ORDER BY application_name "
+		  . ($last ? 'DESC' : 'ASC') . ' LIMIT 1');
+	die "no consumer has a backend" unless $pid =~ /^\d+$/;
+	kill('KILL', $pid) or die "could not kill backend $pid: $!";
+	note "killed backend $pid of a consumer with SIGKILL";
 	return;
 }
 
