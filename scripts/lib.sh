@@ -15,6 +15,13 @@
 #   idem_cluster_start DIR [CONF]  throwaway cluster in DIR, socket-only; exports PGHOST etc.
 #   idem_cluster_stop [DIR]     stop it and remove DIR (kept on failure or with KEEP_TMP=1)
 #   idem_stop_consumers         SIGKILL and reap the processes in CONSUMER_PIDS (scenarios)
+# and, for the scenarios (test/scenarios/*.sh), assertions counted in IDEM_CHECKS_PASSED and
+# IDEM_CHECKS_FAILED:
+#   idem_check DESCRIPTION CMD...  one assertion: `ok     DESCRIPTION` or `FAILED DESCRIPTION`
+#   idem_fail_check MESSAGE     one failed assertion: `FAILED MESSAGE`
+#   idem_eq GOT WANT, idem_gt0 N   conditions for idem_check that say on stderr what they got
+#   idem_checks_done RC         for the EXIT trap: the line `N passed, N failed`, and the exit status
+#   idem_checks_end_cluster DIR the whole EXIT trap of a scenario whose only resource is a cluster
 set -euo pipefail
 
 IDEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # repository root
@@ -180,4 +187,57 @@ idem_stop_consumers() {
 	done
 	CONSUMER_PIDS=()
 	return 0
+}
+
+# The scenarios' assertions so far (idem_check, idem_fail_check); a scenario that runs a program
+# printing its own `ok ` and `FAILED ` lines adds those to them.
+IDEM_CHECKS_PASSED=0 IDEM_CHECKS_FAILED=0
+
+# idem_check DESCRIPTION CMD...: one assertion. Runs CMD; if it succeeds, prints
+# `ok     DESCRIPTION` and counts a pass, else it is a failure (idem_fail_check DESCRIPTION).
+idem_check() {
+	local what=${1:?usage: idem_check DESCRIPTION CMD...}
+	shift
+	if "$@"; then
+		IDEM_CHECKS_PASSED=$((IDEM_CHECKS_PASSED + 1))
+		printf 'ok     %s\n' "$what"
+	else
+		idem_fail_check "$what"
+	fi
+}
+
+# idem_fail_check MESSAGE: one failed assertion: prints `FAILED MESSAGE`, counts it, and sets
+# IDEM_FAILED=1 so that the temp dirs are kept.
+idem_fail_check() {
+	IDEM_CHECKS_FAILED=$((IDEM_CHECKS_FAILED + 1))
+	IDEM_FAILED=1
+	printf 'FAILED %s\n' "$*"
+}
+
+# idem_eq GOT WANT: whether GOT is the string WANT; if not, says both on stderr.
+idem_eq() { [ "$1" = "$2" ] || { echo "  expected $2, got $1" >&2; return 1; }; }
+
+# idem_gt0 N: whether the number N (empty: 0) is above 0; if not, says what it is on stderr.
+idem_gt0() { [ "${1:-0}" -gt 0 ] || { echo "  expected > 0, got $1" >&2; return 1; }; }
+
+# idem_checks_done RC: the end of a scenario's EXIT trap, after its cleanup; RC is the exit status
+# the trap was entered with. A scenario stopped early (RC non-zero) with no failed assertion counts
+# one failure. Prints `N passed, N failed`, the line scripts/run-tests.sh reads, and exits: 0 when
+# nothing failed, else 1.
+idem_checks_done() {
+	local rc=${1:?usage: idem_checks_done RC}
+	if [ "$rc" -ne 0 ] && [ "$IDEM_CHECKS_FAILED" -eq 0 ]; then IDEM_CHECKS_FAILED=1; fi
+	echo "$IDEM_CHECKS_PASSED passed, $IDEM_CHECKS_FAILED failed"
+	if [ "$IDEM_CHECKS_FAILED" -eq 0 ]; then exit 0; else exit 1; fi
+}
+
+# idem_checks_end_cluster [DIR]: the EXIT trap of a scenario whose only resource is the cluster in
+# DIR (trap 'idem_checks_end_cluster "$TMP"' EXIT; DIR may still be empty): stops it, keeping DIR
+# when the scenario failed or stopped early (idem_cluster_stop), then idem_checks_done.
+idem_checks_end_cluster() {
+	local rc=$?
+	set +e
+	[ "$rc" -eq 0 ] || IDEM_FAILED=1
+	idem_cluster_stop "${1:-}"
+	idem_checks_done "$rc"
 }

@@ -13,7 +13,8 @@
 #   rmq_ctl ARGS...              rabbitmqctl ARGS against the node
 #   rmq_loopback_only            whether every socket of the node and its epmd is on loopback
 #   rmq_queue_depth QUEUE        print "READY UNACKED" of QUEUE
-#   rmq_cleanup                  the EXIT trap: consumers, node, epmd and cluster stopped
+#   rmq_cleanup                  the EXIT trap: consumers, node, epmd and cluster stopped, then
+#                                the line `N passed, N failed` (idem_checks_done)
 #   rmq_setup_db DB              create DB with the payment schema
 #   rmq_load_manifest DB PID     wait for the publisher PID, load its manifest into DB
 #   rmq_measure DB               load the consumers' output into DB, measure it into R[DB.*]
@@ -102,7 +103,7 @@ rmq_queue_depth() {
 # rmq_cleanup: for `trap rmq_cleanup EXIT`. Kills the consumers in CONSUMER_PIDS, shuts the node
 # down (SIGKILL if rabbitmqctl cannot within 60 s), stops epmd and the cluster in PG_DIR, and
 # removes $WORK, unless the exit status is non-zero, IDEM_FAILED=1 or KEEP_TMP=1. Each step is
-# tried whatever the others did.
+# tried whatever the others did. Ends the scenario with idem_checks_done.
 rmq_cleanup() {
 	local rc=$?
 	set +e	# clean up everything, whatever fails
@@ -122,7 +123,7 @@ rmq_cleanup() {
 	else
 		rm -rf "$WORK"
 	fi
-	return 0
+	idem_checks_done "$rc"
 }
 
 # rmq_setup_db DB: creates DB with the extension and the payment schema, accounts 1..ACCOUNTS at

@@ -38,13 +38,6 @@ ROUNDS=${ALT_ROUNDS:-3}
 REDIS_PORT=${IDEM_REDIS_PORT:-56379}
 RUN_SECS=100          # per run, consumers and harness both give up after this
 
-passed=0 failed=0
-check() {   # check NAME COND-EXIT-STATUS...: check "idem: no duplicates" [ "$x" -eq 0 ]
-	local name=$1; shift
-	if "$@"; then passed=$((passed + 1)); printf 'ok     %s\n' "$name"
-	else failed=$((failed + 1)); export IDEM_FAILED=1; printf 'FAILED %s\n' "$name"; fi
-}
-
 idem_ensure_deps redis-server libhiredis-dev libpq-dev pkg-config gcc make
 
 TMP=$(idem_tmpdir)
@@ -67,6 +60,7 @@ cleanup() {
 	stop_redis
 	[ "$rc" -eq 0 ] || IDEM_FAILED=1   # keep the temp dir and its logs
 	idem_cluster_stop "$TMP"
+	idem_checks_done "$rc"
 }
 trap cleanup EXIT
 
@@ -285,19 +279,16 @@ echo
 
 # --- checks: the harness for every run, exactly-once for idem -----------------------------------
 for r in $(printf '%s\n' "${!R[@]}" | sort); do
-	check "$r: every delivery acked, no consumer error" \
+	idem_check "$r: every delivery acked, no consumer error" \
 		[ "$(field "$r" 4)" = 0 -a "$(field "$r" 11)" = 0 ]
 done
-check "kill_idem: consumers were killed ($(field kill_idem 10) times) and messages redelivered" \
+idem_check "kill_idem: consumers were killed ($(field kill_idem 10) times) and messages redelivered" \
 	[ "$(field kill_idem 10)" -gt 0 -a "$(field kill_idem 1)" -gt "$STREAM_LEN" ]
 for r in kill_idem $(for n in $(seq "$ROUNDS"); do echo "clean${n}_idem"; done); do
-	check "$r: no effect applied twice" [ "$(field "$r" 2)" = 0 ]
-	check "$r: no message lost" [ "$(field "$r" 3)" = 0 ]
-	check "$r: every balance equals the exactly-once sum" [ "$(field "$r" 5)" = 0 ]
-	check "$r: one ledger key per message ($MESSAGES)" [ "$(field "$r" 6)" = "$MESSAGES" ]
+	idem_check "$r: no effect applied twice" [ "$(field "$r" 2)" = 0 ]
+	idem_check "$r: no message lost" [ "$(field "$r" 3)" = 0 ]
+	idem_check "$r: every balance equals the exactly-once sum" [ "$(field "$r" 5)" = 0 ]
+	idem_check "$r: one ledger key per message ($MESSAGES)" [ "$(field "$r" 6)" = "$MESSAGES" ]
 done
-check "clean1_idem: deliveries reported duplicate = deliveries - messages" \
+idem_check "clean1_idem: deliveries reported duplicate = deliveries - messages" \
 	[ "$(field clean1_idem 7)" = "$REDELIVERED" ]
-
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]

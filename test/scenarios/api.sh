@@ -23,19 +23,8 @@ IDEM_PGPORT=${IDEM_API_PGPORT:-54344}
 SRC=$IDEM_ROOT/examples/api
 RUN_SECS=120   # the scenario takes about 15 s
 
-passed=0 failed=0 TMP=
-fail() { failed=$((failed + 1)); IDEM_FAILED=1; printf 'FAILED %s\n' "$*"; }
-cleanup() {
-	local rc=$?
-	set +e
-	[ "$rc" -eq 0 ] || IDEM_FAILED=1
-	[ "$failed" -eq 0 ] || IDEM_FAILED=1
-	if [ -n "$TMP" ]; then idem_cluster_stop "$TMP"; fi
-	[ "$rc" -eq 0 ] || [ "$failed" -ne 0 ] || failed=1   # stopped early: count it
-	echo "$passed passed, $failed failed"
-	if [ "$failed" -eq 0 ]; then exit 0; else exit 1; fi
-}
-trap cleanup EXIT
+TMP=
+trap 'idem_checks_end_cluster "$TMP"' EXIT
 
 need=()
 command -v node >/dev/null 2>&1 || need+=(nodejs)
@@ -51,11 +40,11 @@ mkdir -p "$TMP/run"
 
 idem_log "npm ci in examples/api ($(node --version))"
 (cd "$SRC" && npm ci --no-audit --no-fund --loglevel=error) >"$TMP/npm.log" 2>&1 ||
-	{ cat "$TMP/npm.log"; fail "npm ci in examples/api"; exit 1; }
+	{ cat "$TMP/npm.log"; idem_fail_check "npm ci in examples/api"; exit 1; }
 
 idem_cluster_start "$TMP"
 psql -X -q -v ON_ERROR_STOP=1 -f "$SRC/schema.sql" >"$TMP/schema.log" 2>&1 ||
-	{ cat "$TMP/schema.log"; fail "examples/api/schema.sql"; exit 1; }
+	{ cat "$TMP/schema.log"; idem_fail_check "examples/api/schema.sql"; exit 1; }
 
 idem_log "examples/api/scenario.js (logs in $TMP/run)"
 rc=0 start=$SECONDS
@@ -63,10 +52,10 @@ SCENARIO_DIR=$TMP/run API_PGUSER=payments_api timeout -k 10 "$RUN_SECS" \
 	node "$SRC/scenario.js" </dev/null >"$TMP/scenario.log" 2>&1 || rc=$?
 cat "$TMP/scenario.log"
 p=$(grep -c '^ok ' "$TMP/scenario.log" || true) f=$(grep -c '^FAILED ' "$TMP/scenario.log" || true)
-passed=$((passed + p)) failed=$((failed + f))
+IDEM_CHECKS_PASSED=$((IDEM_CHECKS_PASSED + p)) IDEM_CHECKS_FAILED=$((IDEM_CHECKS_FAILED + f))
 [ "$f" -eq 0 ] || IDEM_FAILED=1
-if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then fail "scenario.js: timed out after ${RUN_SECS}s"
-elif [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then fail "scenario.js: exited with status $rc"
+if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then idem_fail_check "scenario.js: timed out after ${RUN_SECS}s"
+elif [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then idem_fail_check "scenario.js: exited with status $rc"
 fi
-[ "$p" -gt 0 ] || [ "$f" -gt 0 ] || fail "scenario.js: printed no result"
+[ "$p" -gt 0 ] || [ "$f" -gt 0 ] || idem_fail_check "scenario.js: printed no result"
 idem_log "scenario.js took $((SECONDS - start)) s"

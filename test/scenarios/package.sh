@@ -16,22 +16,8 @@ PKG=postgresql-15-idempotent
 LIBDIR=$("$PG_CONFIG" --pkglibdir)
 EXTDIR=$("$PG_CONFIG" --sharedir)/extension
 
-passed=0 failed=0 TMP=
-check() {   # check NAME COMMAND...: one assertion, passed when COMMAND succeeds
-	local name=$1; shift
-	if "$@"; then passed=$((passed + 1)); printf 'ok     %s\n' "$name"
-	else failed=$((failed + 1)); IDEM_FAILED=1; printf 'FAILED %s\n' "$name"; fi
-}
-cleanup() {
-	local rc=$?
-	set +e
-	[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] || IDEM_FAILED=1
-	if [ -n "$TMP" ]; then idem_cluster_stop "$TMP"; fi
-	[ "$rc" -eq 0 ] || [ "$failed" -ne 0 ] || failed=1   # stopped early: count it
-	echo "$passed passed, $failed failed"
-	if [ "$failed" -eq 0 ]; then exit 0; else exit 1; fi
-}
-trap cleanup EXIT
+TMP=
+trap 'idem_checks_end_cluster "$TMP"' EXIT
 
 TMP=$(idem_tmpdir)
 
@@ -41,47 +27,47 @@ make -s -C "$IDEM_ROOT" deb >"$TMP/deb.log" 2>&1 || { cat "$TMP/deb.log"; idem_d
 deb=$(tail -n 1 "$TMP/deb.log")
 built=false
 [ -f "$deb" ] && [[ $deb == "$IDEM_ROOT/dist/${PKG}_"*.deb ]] && built=true
-check "make deb builds $PKG into dist/ ($(basename "$deb"))" $built
+idem_check "make deb builds $PKG into dist/ ($(basename "$deb"))" $built
 [ -f "$deb" ] || exit 1
 
 # --- what it holds -------------------------------------------------------------------------------
 dpkg-deb -c "$deb" | awk '{ sub(/^\./, "", $6); print $6 }' >"$TMP/contents"
 has() { grep -qxF "$1" "$TMP/contents"; }
-check "the package holds $LIBDIR/idempotent.so" has "$LIBDIR/idempotent.so"
-check "the package holds $EXTDIR/idempotent.control" has "$EXTDIR/idempotent.control"
+idem_check "the package holds $LIBDIR/idempotent.so" has "$LIBDIR/idempotent.so"
+idem_check "the package holds $EXTDIR/idempotent.control" has "$EXTDIR/idempotent.control"
 # shellcheck disable=SC2016 # a make rule, expanded by make
 printf 'print-%%:\n\t@echo $($*)\n' >"$TMP/print.mk"
 data=$(make -s --no-print-directory -C "$IDEM_ROOT" -f Makefile -f "$TMP/print.mk" print-DATA)
 missing=()
 for f in $data; do has "$EXTDIR/$f" || missing+=("$f"); done
 [ -n "$data" ] || missing+=("(the Makefile's DATA is empty)")
-check "the package holds every script in DATA ($data)" [ ${#missing[@]} -eq 0 ]
+idem_check "the package holds every script in DATA ($data)" [ ${#missing[@]} -eq 0 ]
 [ ${#missing[@]} -eq 0 ] || echo "missing: ${missing[*]}"
 depends=$(dpkg-deb -f "$deb" Depends)
-check "the package depends on postgresql-15 ($depends)" grep -qE '(^|, )postgresql-15( |,|$)' <<<"$depends"
+idem_check "the package depends on postgresql-15 ($depends)" grep -qE '(^|, )postgresql-15( |,|$)' <<<"$depends"
 
 # --- install -------------------------------------------------------------------------------------
 idem_log "dpkg -i $(basename "$deb")"
 idem_as_root dpkg -i "$deb" >"$TMP/dpkg.log" 2>&1 || cat "$TMP/dpkg.log"
-check "dpkg installs it" [ "$(dpkg-query -W -f='${Status}' "$PKG" 2>/dev/null)" = "install ok installed" ]
-check "the installed library is the package's" \
+idem_check "dpkg installs it" [ "$(dpkg-query -W -f='${Status}' "$PKG" 2>/dev/null)" = "install ok installed" ]
+idem_check "the installed library is the package's" \
 	cmp -s <(dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ".$LIBDIR/idempotent.so") "$LIBDIR/idempotent.so"
-check "dpkg -L $PKG lists the control file" grep -qxF "$EXTDIR/idempotent.control" <(dpkg -L "$PKG")
+idem_check "dpkg -L $PKG lists the control file" grep -qxF "$EXTDIR/idempotent.control" <(dpkg -L "$PKG")
 
 # --- use it --------------------------------------------------------------------------------------
 idem_cluster_start "$TMP"
 q() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 default=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$EXTDIR/idempotent.control")
 q -c "CREATE EXTENSION idempotent" >"$TMP/create.log" 2>&1 || cat "$TMP/create.log"
-check "CREATE EXTENSION idempotent gives version $default" \
+idem_check "CREATE EXTENSION idempotent gives version $default" \
 	[ "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotent'")" = "$default" ]
 call="SELECT status FROM idem_apply('package:k-1', NULL, 'SELECT 1 AS one')"
-check "idem_apply applies a new key" [ "$(q -c "$call" 2>&1)" = applied ]
-check "idem_apply reports its redelivery as a duplicate" [ "$(q -c "$call" 2>&1)" = duplicate ]
+idem_check "idem_apply applies a new key" [ "$(q -c "$call" 2>&1)" = applied ]
+idem_check "idem_apply reports its redelivery as a duplicate" [ "$(q -c "$call" 2>&1)" = duplicate ]
 if ! { q -c "CREATE DATABASE upgraded" &&
 	q -d upgraded -c "CREATE EXTENSION idempotent VERSION '1.0'" -c "ALTER EXTENSION idempotent UPDATE"; } \
 	>"$TMP/update.log" 2>&1; then
 	cat "$TMP/update.log"
 fi
-check "a 1.0 extension updates to $default with the package's scripts" \
+idem_check "a 1.0 extension updates to $default with the package's scripts" \
 	[ "$(q -d upgraded -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotent'")" = "$default" ]

@@ -43,15 +43,6 @@ RANDOM=$SEED
 
 idem_ensure_deps rabbitmq-server librabbitmq-dev libpq-dev pkg-config
 
-PASSED=0 FAILED=0
-check() {	# check DESCRIPTION COMMAND...: one assertion
-	if "${@:2}"; then
-		PASSED=$((PASSED + 1)); printf 'ok     %s\n' "$1"
-	else
-		FAILED=$((FAILED + 1)); IDEM_FAILED=1; printf 'FAILED %s\n' "$1"
-	fi
-}
-
 # --- work directory, consumers, cleanup ----------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-rabbitmq.XXXXXX)
 PG_DIR=''
@@ -65,7 +56,7 @@ make -s -C "$WORK/bin" -f "$IDEM_ROOT/examples/rabbitmq/Makefile" VPATH="$IDEM_R
 
 # --- a private RabbitMQ node on loopback ----------------------------------------------------
 rmq_start "${RMQ_PORT:-56720}" idem-test RMQ_PORT
-check "RabbitMQ and epmd listen on loopback only" rmq_loopback_only
+idem_check "RabbitMQ and epmd listen on loopback only" rmq_loopback_only
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 PG_DIR=$(idem_tmpdir)
@@ -134,24 +125,22 @@ run idem
 [ "${RMQ_NAIVE:-1}" = 1 ] && run naive
 
 # --- checks --------------------------------------------------------------------------------------
-eq() { [ "$1" = "$2" ] || { echo "  expected $2, got $1" >&2; return 1; }; }
-gt0() { [ "${1:-0}" -gt 0 ] || { echo "  expected > 0, got $1" >&2; return 1; }; }
 echo
-check "idem: the queue drained within ${DRAIN_TIMEOUT}s" eq "${R[idem.drained]}" 1
-check "idem: consumers were SIGKILLed (${R[idem.kills]}), none exited otherwise" eq "${R[idem.odd_exits]}" 0
-check "idem: the publisher re-published some payments (${R[idem.publishes]} publishes)" gt0 "$((${R[idem.publishes]} - MESSAGES))"
-check "idem: every payment charged exactly once" eq "${R[idem.not_once]}" 0
-check "idem: no charge for an unknown payment" eq "${R[idem.unknown]}" 0
-check "idem: total charged = total of the distinct payments" eq "${R[idem.overcharged]}" 0.00
-check "idem: every account balance is right" eq "${R[idem.wrong_balances]}" 0
-check "idem: the ledger holds one key per payment" eq "${R[idem.ledger]}" "$MESSAGES"
-check "idem: every delivery was applied or duplicate" eq "${R[idem.errors]}" 0
-check "idem: the broker redelivered messages (${R[idem.redelivered]})" gt0 "${R[idem.redelivered]}"
-check "idem: idem_apply reported duplicates (${R[idem.duplicate]})" gt0 "${R[idem.duplicate]}"
+idem_check "idem: the queue drained within ${DRAIN_TIMEOUT}s" idem_eq "${R[idem.drained]}" 1
+idem_check "idem: consumers were SIGKILLed (${R[idem.kills]}), none exited otherwise" idem_eq "${R[idem.odd_exits]}" 0
+idem_check "idem: the publisher re-published some payments (${R[idem.publishes]} publishes)" idem_gt0 "$((${R[idem.publishes]} - MESSAGES))"
+idem_check "idem: every payment charged exactly once" idem_eq "${R[idem.not_once]}" 0
+idem_check "idem: no charge for an unknown payment" idem_eq "${R[idem.unknown]}" 0
+idem_check "idem: total charged = total of the distinct payments" idem_eq "${R[idem.overcharged]}" 0.00
+idem_check "idem: every account balance is right" idem_eq "${R[idem.wrong_balances]}" 0
+idem_check "idem: the ledger holds one key per payment" idem_eq "${R[idem.ledger]}" "$MESSAGES"
+idem_check "idem: every delivery was applied or duplicate" idem_eq "${R[idem.errors]}" 0
+idem_check "idem: the broker redelivered messages (${R[idem.redelivered]})" idem_gt0 "${R[idem.redelivered]}"
+idem_check "idem: idem_apply reported duplicates (${R[idem.duplicate]})" idem_gt0 "${R[idem.duplicate]}"
 if [ "${RMQ_NAIVE:-1}" = 1 ]; then
-	check "naive: the queue drained within ${DRAIN_TIMEOUT}s" eq "${R[naive.drained]}" 1
-	check "naive: no payment lost (the harness delivers everything)" eq "${R[naive.never]}" 0
-	check "naive: it double-charged (${R[naive.twice]} payments), so this scenario catches the bug" gt0 "${R[naive.twice]}"
+	idem_check "naive: the queue drained within ${DRAIN_TIMEOUT}s" idem_eq "${R[naive.drained]}" 1
+	idem_check "naive: no payment lost (the harness delivers everything)" idem_eq "${R[naive.never]}" 0
+	idem_check "naive: it double-charged (${R[naive.twice]} payments), so this scenario catches the bug" idem_gt0 "${R[naive.twice]}"
 fi
 
 # --- summary ---------------------------------------------------------------------------------
@@ -177,5 +166,3 @@ row 'seconds from the first publish to an empty queue' drain
 echo
 echo "  (whole scenario: $SECONDS s)"
 echo
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]

@@ -70,17 +70,6 @@ if [ "$BENCH" -gt 0 ]; then	# examples/rabbitmq's consumer, for the comparison
 fi
 idem_ensure_deps "${deps[@]}"
 
-PASSED=0 FAILED=0
-check() {	# check DESCRIPTION COMMAND...: one assertion
-	if "${@:2}"; then
-		PASSED=$((PASSED + 1)); printf 'ok     %s\n' "$1"
-	else
-		FAILED=$((FAILED + 1)); IDEM_FAILED=1; printf 'FAILED %s\n' "$1"
-	fi
-}
-eq() { [ "$1" = "$2" ] || { echo "  expected $2, got $1" >&2; return 1; }; }
-gt0() { [ "${1:-0}" -gt 0 ] || { echo "  expected > 0, got $1" >&2; return 1; }; }
-
 # --- work directory, consumers, cleanup ----------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-rabbitmq-batch.XXXXXX)
 PG_DIR=''
@@ -95,7 +84,7 @@ fi
 
 # --- a private RabbitMQ node on loopback ----------------------------------------------------
 rmq_start "${RMQB_PORT:-56730}" idem-batch RMQB_PORT
-check "RabbitMQ and epmd listen on loopback only" rmq_loopback_only
+idem_check "RabbitMQ and epmd listen on loopback only" rmq_loopback_only
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 PG_DIR=$(idem_tmpdir)
@@ -249,41 +238,41 @@ if [ "$BENCH" -gt 0 ]; then bench batch; bench single; fi
 
 # --- checks --------------------------------------------------------------------------------------
 echo
-check "idem: the queue drained within ${DRAIN_TIMEOUT}s" eq "${R[idem.drained]}" 1
-check "idem: consumers were SIGKILLed (${R[idem.kills]}) or crashed after a commit, none exited otherwise" eq "${R[idem.odd_exits]}" 0
-check "idem: the publisher re-published some payments (${R[idem.publishes]} publishes)" gt0 "$((${R[idem.publishes]} - MESSAGES))"
-check "idem: every payment charged exactly once (per-key counts)" eq "${R[idem.not_once]}" 0
-check "idem: every payment charged its own amount (per-key sums)" eq "${R[idem.wrong_sum]}" 0
-check "idem: no charge for an unknown payment" eq "${R[idem.unknown]}" 0
-check "idem: total charged = total of the distinct payments" eq "${R[idem.overcharged]}" 0.00
-check "idem: every account balance is right" eq "${R[idem.wrong_balances]}" 0
-check "idem: the ledger holds one key per payment" eq "${R[idem.ledger]}" "$MESSAGES"
-check "idem: every delivery was applied or duplicate" eq "${R[idem.errors]}" 0
-check "idem: no batch had to be split (${R[idem.one_by_one]})" eq "${R[idem.one_by_one]}" 0
-check "idem: the broker redelivered messages (${R[idem.redelivered]})" gt0 "${R[idem.redelivered]}"
-check "idem: idem_claim_batch reported duplicates (${R[idem.duplicate]})" gt0 "${R[idem.duplicate]}"
-check "idem: consumers died after commits, before the ack (${R[idem.crashes]})" gt0 "${R[idem.crashes]}"
-check "idem: payments published once came back after their commit, as duplicates (${R[idem.ack_lost]})" \
-	gt0 "${R[idem.ack_lost]}"
-check "idem: payments were charged in batches (${R[idem.batch_size]} per transaction on average)" \
-	gt0 "$(( ${R[idem.batch_size]:-0} > 1 ))"
+idem_check "idem: the queue drained within ${DRAIN_TIMEOUT}s" idem_eq "${R[idem.drained]}" 1
+idem_check "idem: consumers were SIGKILLed (${R[idem.kills]}) or crashed after a commit, none exited otherwise" idem_eq "${R[idem.odd_exits]}" 0
+idem_check "idem: the publisher re-published some payments (${R[idem.publishes]} publishes)" idem_gt0 "$((${R[idem.publishes]} - MESSAGES))"
+idem_check "idem: every payment charged exactly once (per-key counts)" idem_eq "${R[idem.not_once]}" 0
+idem_check "idem: every payment charged its own amount (per-key sums)" idem_eq "${R[idem.wrong_sum]}" 0
+idem_check "idem: no charge for an unknown payment" idem_eq "${R[idem.unknown]}" 0
+idem_check "idem: total charged = total of the distinct payments" idem_eq "${R[idem.overcharged]}" 0.00
+idem_check "idem: every account balance is right" idem_eq "${R[idem.wrong_balances]}" 0
+idem_check "idem: the ledger holds one key per payment" idem_eq "${R[idem.ledger]}" "$MESSAGES"
+idem_check "idem: every delivery was applied or duplicate" idem_eq "${R[idem.errors]}" 0
+idem_check "idem: no batch had to be split (${R[idem.one_by_one]})" idem_eq "${R[idem.one_by_one]}" 0
+idem_check "idem: the broker redelivered messages (${R[idem.redelivered]})" idem_gt0 "${R[idem.redelivered]}"
+idem_check "idem: idem_claim_batch reported duplicates (${R[idem.duplicate]})" idem_gt0 "${R[idem.duplicate]}"
+idem_check "idem: consumers died after commits, before the ack (${R[idem.crashes]})" idem_gt0 "${R[idem.crashes]}"
+idem_check "idem: payments published once came back after their commit, as duplicates (${R[idem.ack_lost]})" \
+	idem_gt0 "${R[idem.ack_lost]}"
+idem_check "idem: payments were charged in batches (${R[idem.batch_size]} per transaction on average)" \
+	idem_gt0 "$(( ${R[idem.batch_size]:-0} > 1 ))"
 if [ "$NAIVE" = 1 ]; then
-	check "naive: the queue drained within ${DRAIN_TIMEOUT}s" eq "${R[naive.drained]}" 1
-	check "naive: no payment lost (the harness delivers everything)" eq "${R[naive.never]}" 0
-	check "naive: it double-charged (${R[naive.twice]} payments), so this scenario catches the bug" gt0 "${R[naive.twice]}"
-	check "naive: and the per-key sums show it (${R[naive.wrong_sum]} payments)" gt0 "${R[naive.wrong_sum]}"
-	check "naive: payments published once were charged again after a crash between commit and ack (${R[naive.ack_lost]})" \
-		gt0 "${R[naive.ack_lost]}"
+	idem_check "naive: the queue drained within ${DRAIN_TIMEOUT}s" idem_eq "${R[naive.drained]}" 1
+	idem_check "naive: no payment lost (the harness delivers everything)" idem_eq "${R[naive.never]}" 0
+	idem_check "naive: it double-charged (${R[naive.twice]} payments), so this scenario catches the bug" idem_gt0 "${R[naive.twice]}"
+	idem_check "naive: and the per-key sums show it (${R[naive.wrong_sum]} payments)" idem_gt0 "${R[naive.wrong_sum]}"
+	idem_check "naive: payments published once were charged again after a crash between commit and ack (${R[naive.ack_lost]})" \
+		idem_gt0 "${R[naive.ack_lost]}"
 fi
-check "poison: a batch with bad messages: each said why" eq "${R[poison.out]}" \
+idem_check "poison: a batch with bad messages: each said why" idem_eq "${R[poison.out]}" \
 	"- malformed poison-1 applied poison-1 duplicate poison-2 error-ID002 poison-3 malformed poison-5 applied "
-check "poison: the batch that failed (ID002) ran again one by one" eq "${R[poison.split]}" 1
-check "poison: the good payments were charged once, the bad ones not at all" eq "${R[poison.db]}" \
+idem_check "poison: the batch that failed (ID002) ran again one by one" idem_eq "${R[poison.split]}" 1
+idem_check "poison: the good payments were charged once, the bad ones not at all" idem_eq "${R[poison.db]}" \
 	"poison-1=10.00 poison-5=50.00 1=-10.00 5=-50.00 "
-check "poison: bad messages rejected, the rest acked: the queue is empty" eq "${R[poison.depth]}" "0 0"
+idem_check "poison: bad messages rejected, the rest acked: the queue is empty" idem_eq "${R[poison.depth]}" "0 0"
 if [ "$BENCH" -gt 0 ]; then
-	check "bench: the batch consumers charged each of $BENCH payments once" eq "${R[bench.batch.ok]}" t
-	check "bench: the per-message consumers charged each of $BENCH payments once" eq "${R[bench.single.ok]}" t
+	idem_check "bench: the batch consumers charged each of $BENCH payments once" idem_eq "${R[bench.batch.ok]}" t
+	idem_check "bench: the per-message consumers charged each of $BENCH payments once" idem_eq "${R[bench.single.ok]}" t
 fi
 
 # --- summary ---------------------------------------------------------------------------------
@@ -322,5 +311,3 @@ fi
 echo
 echo "  (whole scenario: $SECONDS s)"
 echo
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]

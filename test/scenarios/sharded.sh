@@ -52,38 +52,17 @@ EXAMPLE=$IDEM_ROOT/examples/sharded
 
 idem_ensure_deps postgresql-15-plproxy libpq-dev
 
-PASSED=0 FAILED=0
-check() {	# check DESCRIPTION COMMAND...: one assertion
-	if "${@:2}"; then
-		PASSED=$((PASSED + 1)); printf 'ok     %s\n' "$1"
-	else
-		FAILED=$((FAILED + 1)); IDEM_FAILED=1; printf 'FAILED %s\n' "$1"
-	fi
-}
-eq() { [ "$1" = "$2" ] || { echo "  expected $2, got $1" >&2; return 1; }; }
-gt0() { [ "${1:-0}" -gt 0 ] || { echo "  expected > 0, got $1" >&2; return 1; }; }
-
 # --- work directory, nodes, cleanup --------------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-sharded.XXXXXX)
 NODES=(router a b c)
 declare -A DIR NODE_PORT CONN PG_JOB
 CONSUMER_PIDS=()
 
-stop_consumers() {
-	local pid
-	for pid in "${CONSUMER_PIDS[@]}"; do
-		kill -KILL "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	CONSUMER_PIDS=()
-	return 0
-}
-
 cleanup() {
 	local rc=$? n d
 	set +e	# clean up everything, whatever fails
 	[ "$rc" -eq 0 ] || IDEM_FAILED=1
-	stop_consumers
+	idem_stop_consumers
 	for n in "${NODES[@]}"; do
 		d=${DIR[$n]:-}
 		[ -n "$d" ] && [ -f "$d/data/postmaster.pid" ] || continue
@@ -98,7 +77,7 @@ cleanup() {
 		rm -rf "$WORK"
 		for n in "${NODES[@]}"; do [ -n "${DIR[$n]:-}" ] && rm -rf "${DIR[$n]}"; done
 	fi
-	return 0
+	idem_checks_done "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -170,7 +149,7 @@ sockets_only() {
 	local n
 	for n in "${NODES[@]}"; do [ -z "$(q "$n" 'SHOW listen_addresses')" ] || return 1; done
 }
-check "the four clusters listen on unix sockets only" sockets_only
+idem_check "the four clusters listen on unix sockets only" sockets_only
 
 # --- streams -------------------------------------------------------------------------------
 # The payments and their deliveries: every payment once, a little out of order, and
@@ -248,7 +227,7 @@ printf '    %s consumers, node A directly:              %6s\n' "$CONSUMERS" "${R
 printf '    %s consumers, through the router to A and B: %6s  (A %s, B %s)\n' \
 	"$CONSUMERS" "${R[spread]}" "${R[spread_a]}" "${R[spread_b]}"
 bench_sent=$(cat "$WORK"/bench-*.csv | wc -l)
-check "the throughput runs applied every payment ($bench_sent)" eq \
+idem_check "the throughput runs applied every payment ($bench_sent)" idem_eq \
 	"$(cat "$WORK"/bench-*.out | awk '$3 == "applied"' | wc -l)" "$bench_sent"
 
 # --- 2. the stream, with a shard killed and a partition moved --------------------------------
@@ -403,31 +382,31 @@ R[recovered]=$(grep -c 'database system was interrupted\|not properly shut down'
 R[ledger_expected]=$((MESSAGES + bench_sent))
 
 echo
-check "the consumers finished the stream (exit status 0)" eq "$rc_all" 0
-check "node A was SIGKILLed while all $CONSUMERS consumers ran" eq "${R[kill_running]}" "$CONSUMERS"
-check "node A restarted through crash recovery" gt0 "${R[recovered]}"
-check "the consumers saw node A down (${R[down]} failed calls) and rewound to their last ack (${R[rewinds]} times)" \
-	gt0 "$((R[down] > 0 && R[rewinds] > 0))"
-check "partition $MOVED was moved while all $CONSUMERS consumers ran" eq "${R[move_running]}" "$CONSUMERS"
-check "the router maps partition $MOVED to C (${R[map]})" eq "$(grep -c "^$MOVED	c$" "$WORK/router.map")" 1
-check "every payment charged exactly once" eq "${R[not_once]}" 0
-check "no payment lost" eq "${R[never]}" 0
-check "every bench payment charged exactly once" eq "${R[bench_not_once]}" 0
-check "no charge for an unknown key" eq "${R[unknown]}" 0
-check "every charge is on the node the router maps its key to" eq "${R[misrouted]}" 0
-check "every charge is on a node serving its partition" eq "${R[unowned]}" 0
-check "every ledger key is on the node the router maps it to" eq "${R[ledger_misplaced]}" 0
-check "every charge has its key in its node's ledger, and every key its charge" \
-	eq "$((R[ledger_without_charge] + R[charge_without_ledger]))" 0
-check "the ledgers hold one key per payment (${R[ledger_keys]})" eq "${R[ledger_keys]}" "${R[ledger_expected]}"
-check "total charged = total of the distinct payments" eq "${R[overcharged]}" 0.00
-check "every account's total through the router (RUN ON ALL) is right" eq "${R[wrong_accounts]}" 0
-check "nothing of partition $MOVED is left on B" eq "${R[moved_on_b]}" 0
-check "partition $MOVED's charges are on C (${R[moved_on_c]})" gt0 "${R[moved_on_c]}"
-check "C took payments after the move (${R[moved_after]})" gt0 "${R[moved_after]}"
-check "every call returned applied or duplicate" eq "${R[bad_status]}" 0
-check "messages were redelivered (${R[redelivered]}) and came back duplicate (${R[duplicate]})" \
-	gt0 "$((R[redelivered] > 0 && R[duplicate] > 0))"
+idem_check "the consumers finished the stream (exit status 0)" idem_eq "$rc_all" 0
+idem_check "node A was SIGKILLed while all $CONSUMERS consumers ran" idem_eq "${R[kill_running]}" "$CONSUMERS"
+idem_check "node A restarted through crash recovery" idem_gt0 "${R[recovered]}"
+idem_check "the consumers saw node A down (${R[down]} failed calls) and rewound to their last ack (${R[rewinds]} times)" \
+	idem_gt0 "$((R[down] > 0 && R[rewinds] > 0))"
+idem_check "partition $MOVED was moved while all $CONSUMERS consumers ran" idem_eq "${R[move_running]}" "$CONSUMERS"
+idem_check "the router maps partition $MOVED to C (${R[map]})" idem_eq "$(grep -c "^$MOVED	c$" "$WORK/router.map")" 1
+idem_check "every payment charged exactly once" idem_eq "${R[not_once]}" 0
+idem_check "no payment lost" idem_eq "${R[never]}" 0
+idem_check "every bench payment charged exactly once" idem_eq "${R[bench_not_once]}" 0
+idem_check "no charge for an unknown key" idem_eq "${R[unknown]}" 0
+idem_check "every charge is on the node the router maps its key to" idem_eq "${R[misrouted]}" 0
+idem_check "every charge is on a node serving its partition" idem_eq "${R[unowned]}" 0
+idem_check "every ledger key is on the node the router maps it to" idem_eq "${R[ledger_misplaced]}" 0
+idem_check "every charge has its key in its node's ledger, and every key its charge" \
+	idem_eq "$((R[ledger_without_charge] + R[charge_without_ledger]))" 0
+idem_check "the ledgers hold one key per payment (${R[ledger_keys]})" idem_eq "${R[ledger_keys]}" "${R[ledger_expected]}"
+idem_check "total charged = total of the distinct payments" idem_eq "${R[overcharged]}" 0.00
+idem_check "every account's total through the router (RUN ON ALL) is right" idem_eq "${R[wrong_accounts]}" 0
+idem_check "nothing of partition $MOVED is left on B" idem_eq "${R[moved_on_b]}" 0
+idem_check "partition $MOVED's charges are on C (${R[moved_on_c]})" idem_gt0 "${R[moved_on_c]}"
+idem_check "C took payments after the move (${R[moved_after]})" idem_gt0 "${R[moved_after]}"
+idem_check "every call returned applied or duplicate" idem_eq "${R[bad_status]}" 0
+idem_check "messages were redelivered (${R[redelivered]}) and came back duplicate (${R[duplicate]})" \
+	idem_gt0 "$((R[redelivered] > 0 && R[duplicate] > 0))"
 
 # --- 4. the naive path: the same router, the charge without idem_apply ------------------------
 if [ "${SHARD_NAIVE:-1}" = 1 ]; then
@@ -445,8 +424,8 @@ if [ "${SHARD_NAIVE:-1}" = 1 ]; then
 	for n in a b c; do
 		R[naive_extra]=$((R[naive_extra] + $(q "$n" 'SELECT count(*) - count(DISTINCT key) FROM charges_naive')))
 	done
-	check "naive: the consumers finished" eq "$rc_naive" 0
-	check "naive: it charged ${R[naive_extra]} payments again, so these checks catch the bug" gt0 "${R[naive_extra]}"
+	idem_check "naive: the consumers finished" idem_eq "$rc_naive" 0
+	idem_check "naive: it charged ${R[naive_extra]} payments again, so these checks catch the bug" idem_gt0 "${R[naive_extra]}"
 fi
 
 # --- summary ---------------------------------------------------------------------------------
@@ -479,5 +458,3 @@ printf '    %s consumers, through the router, A and B   %6s   (A %s, B %s)\n' "$
 echo
 echo "  (whole scenario: $SECONDS s)"
 echo
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
