@@ -360,17 +360,7 @@ is($node->safe_psql('postgres', $effects_query),
 	$effects, 'the replay changed no payment, no balance, no ledger row');
 
 # The ledger's index agrees with its heap after two crash recoveries.
-SKIP:
-{
-	skip 'amcheck is not available', 1
-	  unless $node->safe_psql('postgres',
-		q{SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'}) eq '1';
-	$node->safe_psql('postgres', 'CREATE EXTENSION amcheck');
-	my ($ret, $out, $err) = $node->psql('postgres',
-		q{SELECT bt_index_check('idem_ledger_pkey'::regclass, true)});
-	is($ret, 0, 'amcheck: the ledger index is consistent with the heap')
-	  or diag($err);
-}
+PaymentStream::check_ledger_index($node);
 
 $node->stop;
 note sprintf('runtime %.1f s', time - $started_at);

@@ -378,16 +378,7 @@ FROM idem_stat WHERE calls > 0}),
 	'newer:1/0/0/1 once:4/2/2/0',
 	'idem_stat: one call per element, one error per failed batch, nothing for bad input');
 
-SKIP:
-{
-	skip 'amcheck is not available', 1
-	  unless $node->safe_psql('postgres',
-		q{SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'}) eq '1';
-	$node->safe_psql('postgres', 'CREATE EXTENSION amcheck');
-	my ($r, $o, $e) = $node->psql('postgres',
-		q{SELECT bt_index_check('idem_ledger_pkey'::regclass, true)});
-	is($r, 0, 'amcheck: the ledger index is consistent with the heap') or diag($e);
-}
+PaymentStream::check_ledger_index($node);
 
 $node->stop;
 note sprintf('runtime %.1f s', time - $started_at);

@@ -323,6 +323,24 @@ sub kill_consumer_backend
 	return;
 }
 
+# check_ledger_index(node): tests with amcheck, where it is available, that
+# the index of the ledger agrees with its heap (one test, or one skip).
+sub check_ledger_index
+{
+	my ($node) = @_;
+  SKIP:
+	{
+		skip 'amcheck is not available', 1
+		  unless $node->safe_psql('postgres',
+			q{SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'}) eq '1';
+		$node->safe_psql('postgres', 'CREATE EXTENSION amcheck');
+		my ($ret, $out, $err) = $node->psql('postgres',
+			q{SELECT bt_index_check('idem_ledger_pkey'::regclass, true)});
+		is($ret, 0, 'amcheck: the ledger index is consistent with the heap') or diag($err);
+	}
+	return;
+}
+
 # The children of process ppid, from /proc.
 sub children_of
 {
