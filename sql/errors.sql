@@ -409,3 +409,32 @@ SELECT err_nest('e:nest-', 1, 20, 20, 'e:nest-19') AS outermost;
 \set SHOW_CONTEXT errors
 SELECT count(*) AS recorded FROM idem_ledger WHERE key LIKE 'e:nest-%';
 DROP FUNCTION err_nest(text, int, int, int, text);
+
+--
+-- a ledger whose columns do not match what the extension writes is refused
+-- with 55000 and a hint, and nothing is written; a dropped column is fine
+--
+BEGIN;
+ALTER TABLE idem_ledger ADD COLUMN extra int;
+SELECT * FROM idem_claim('e:cols-extra');
+\echo SQLSTATE :SQLSTATE
+ROLLBACK;
+BEGIN;
+ALTER TABLE idem_ledger ALTER COLUMN version TYPE numeric;
+SELECT * FROM idem_claim('e:cols-type', 1);
+\echo SQLSTATE :SQLSTATE
+ROLLBACK;
+BEGIN;
+ALTER TABLE idem_ledger DROP COLUMN rows;
+SELECT * FROM idem_claim('e:cols-missing');
+\echo SQLSTATE :SQLSTATE
+ROLLBACK;
+BEGIN;
+ALTER TABLE idem_ledger ADD COLUMN gone int;
+ALTER TABLE idem_ledger DROP COLUMN gone;
+SELECT status FROM idem_claim('eok:cols-dropped');
+SELECT key, policy FROM idem_ledger WHERE key = 'eok:cols-dropped';
+ROLLBACK;
+SELECT count(*) AS recorded FROM idem_ledger WHERE key LIKE 'e%:cols-%';
+-- and the ledger serves calls again once its columns match
+SELECT status FROM idem_claim('eok:cols-after');
