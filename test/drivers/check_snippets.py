@@ -1,8 +1,9 @@
-"""Checks that every code block of test/drivers/README-snippets.md is code the driver tests run.
+"""Checks that the README's driver snippets are code the driver tests run.
 
-A block's info string names its file after the language (```js test/drivers/node/driver_test.js);
-the block's lines must appear in that file as consecutive lines, each compared without its
-leading and trailing whitespace. Prints `ok     snippets: ...` or `FAILED snippets: ...` per
+A README.md block whose info string names a file after the language (```js
+test/drivers/node/driver_test.js) must appear in that file as consecutive lines, each compared
+without its leading and trailing whitespace. Blocks that name no file are not this script's:
+test/scenarios/readme.sh runs the SQL ones. Prints `ok     snippets: ...` or `FAILED snippets: ...` per
 block and exits 1 if any failed. Usage: check_snippets.py REPOSITORY-ROOT
 """
 import os
@@ -32,9 +33,11 @@ def contains(haystack, needle):
 
 def main(root):
     failures = 0
-    for number, (info, lines) in enumerate(blocks(open(os.path.join(root, "test/drivers/README-snippets.md")).read()), 1):
-        name = f"README snippet {number} ({' '.join(info)})"
-        path = os.path.join(root, info[1]) if len(info) > 1 else None
+    for number, (info, lines) in enumerate(blocks(open(os.path.join(root, "README.md")).read()), 1):
+        if len(info) < 2 or "/" not in info[1]:
+            continue
+        name = f"README block {number} ({' '.join(info)})"
+        path = os.path.join(root, info[1])
         ok = path is not None and os.path.isfile(path) and contains(
             [line.strip() for line in open(path).read().splitlines()], [line.strip() for line in lines])
         print(f"{'ok    ' if ok else 'FAILED'} snippets: {name} is in the program")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test/scenarios/drivers.sh: the extension called from application code through the real drivers,
-# with bound parameters as an application writes them (test/drivers/README-snippets.md shows the
-# calls): libpq (C), psycopg 3 (Debian's python3-psycopg and /usr/bin/python3), node-postgres (npm
+# with bound parameters as an application writes them (README.md, "Calling from your application",
+# shows the calls): libpq (C), psycopg 3 (Debian's python3-psycopg and /usr/bin/python3), node-postgres (npm
 # `pg`, installed with `npm ci` into test/drivers/node/node_modules) and pgjdbc (Debian's
 # libpostgresql-jdbc-java, compiled with javac).
 #
@@ -10,8 +10,8 @@
 # The drivers then run one after the other as idem_app, each with its own keys, and each receives
 # x:p-1 again, which must be a duplicate whatever types the driver binds its values with. Each
 # program prints one line per assertion (`ok     DRIVER: ...` or `FAILED DRIVER: ...`). Then
-# test/drivers/check_snippets.py checks that each block of test/drivers/README-snippets.md is
-# still code that a program runs.
+# test/drivers/check_snippets.py checks that each driver block of README.md is still code that a
+# program runs.
 #
 # Environment: IDEM_DRIVERS ("libpq psycopg node pgjdbc"), IDEM_DRIVERS_PGPORT (54341; the cluster
 # listens on 127.0.0.1 there), KEEP_TMP=1 keeps the temp dir.
