@@ -22,7 +22,9 @@ GRANT EXECUTE ON FUNCTION
     idem_apply(text, bigint, text, "any"), idem_apply(text, bigint, text),
     idem_apply_next(text, bigint, text, "any"), idem_apply_next(text, bigint, text),
     idem_upsert(text, bigint, text, "any"), idem_upsert(text, bigint, text),
-    idem_claim(text, bigint, text),
+    idem_claim(text, bigint, text), idem_claim_batch(text[], bigint[], text),
+    idem_begin(text, interval, jsonb), idem_complete(text, integer, jsonb),
+    idem_fail(text, integer, text, interval),
     idem_get(text)
 TO idem_app;
 

@@ -21,6 +21,11 @@
 #define ADD_TO_BALANCE "INSERT INTO accounts (id, balance) VALUES ($1, $2) " \
 	"ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance"
 #define TOTALS "SELECT $1 AS amount, $2 AS total"
+/* A batch's consumer (README, "Batches"): one set-based statement for the messages not seen before. */
+#define CONSUME_BATCH "WITH fresh AS (SELECT ord FROM idem_claim_batch($1::text[]) WHERE applied) " \
+	"INSERT INTO payments (id, account, amount) SELECT m.id, m.account, m.amount " \
+	"FROM unnest($1::text[], $2::int[], $3::numeric[]) WITH ORDINALITY AS m(id, account, amount, ord) " \
+	"JOIN fresh USING (ord)"
 
 /* libpq with paramTypes NULL sends every parameter untyped: each extra argument needs its cast. */
 #define APPLY_PAYMENT "SELECT * FROM idem_apply($1, NULL, $2, $3::text, $4::int, $5::numeric)"
@@ -94,6 +99,8 @@ check(const char *name, int ok, PGresult *r)
 					   PQgetisnull(r, 0, i) ? "NULL" : PQgetvalue(r, 0, i));
 			printf("\n");
 		}
+		else if (PQresultStatus(r) == PGRES_COMMAND_OK)
+			printf("%s\n", PQcmdStatus(r));
 		else
 			printf("%s %s", sqlstate(r), PQresultErrorMessage(r));
 	}
@@ -104,6 +111,32 @@ static void
 check_error(const char *name, const char *code, PGresult *r)
 {
 	check(name, PQresultStatus(r) == PGRES_FATAL_ERROR && strcmp(sqlstate(r), code) == 0, r);
+}
+
+/* Checks that r's rows are want: fields separated by ' ', rows by "; ". Frees r. */
+static void
+check_rows(const char *name, PGresult *r, const char *want)
+{
+	char		got[1000] = "";
+	size_t		len = 0;
+
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+	{
+		check(name, 0, r);
+		return;
+	}
+	for (int i = 0; i < PQntuples(r) && len < sizeof got; i++)
+		for (int j = 0; j < PQnfields(r) && len < sizeof got; j++)
+			len += snprintf(got + len, sizeof got - len, "%s%s", j ? " " : i ? "; " : "",
+							PQgetisnull(r, i, j) ? "NULL" : PQgetvalue(r, i, j));
+	if (strcmp(got, want) == 0)
+		check(name, 1, r);
+	else
+	{
+		failures++;
+		printf("FAILED " DRIVER ": %s: got %s\n", name, got);
+		PQclear(r);
+	}
 }
 
 static PGresult *
@@ -279,16 +312,106 @@ redelivery(void)
 		  strstr(field(r, "result"), "\"amount\": 25.00"), r);
 }
 
-/* idem_claim_batch: its assertions go here. */
+/* Arrays go as text array literals, cast in the statement; the batch's statements in one transaction. */
+static PGresult *
+consume_batch(const char *ids, const char *accounts, const char *amounts)
+{
+	const char *const values[] = {ids, accounts, amounts};
+	PGresult   *r;
+
+	exec_ok("BEGIN");
+	r = PQexecParams(db, CONSUME_BATCH, 3, NULL, values, NULL, NULL, 0);
+	exec_ok(PQresultStatus(r) == PGRES_COMMAND_OK ? "COMMIT" : "ROLLBACK");
+	return r;
+}
+
 static void
 batch(void)
 {
+	const char *const keys[] = {"{batch:libpq:1,batch:libpq:2,batch:libpq:1}"};
+	const char *const versioned[] = {"{batch:libpq:a,batch:libpq:a,batch:libpq:a,batch:libpq:b}", "{3,5,4,1}"};
+	const char *ids = "{libpq:b-1,libpq:b-2,libpq:b-1,libpq:b-3}";
+	const char *accounts = "{" ACCOUNT "," ACCOUNT "," ACCOUNT "," ACCOUNT "}";
+	const char *amounts = "{975.00,0.10,975.00,12345678901234567.89}";
+	PGresult   *r;
+
+	check_rows("batch: one row per element in input order, a repeated key a duplicate",
+			   call("SELECT ord, key, status, applied FROM idem_claim_batch($1::text[])", 1, keys),
+			   "1 batch:libpq:1 applied t; 2 batch:libpq:2 applied t; 3 batch:libpq:1 duplicate f");
+	check_rows("batch: versions 3, 5, 4 of a key are applied, applied, stale",
+			   call("SELECT ord, key, status, applied FROM idem_claim_batch($1::text[], $2::bigint[])",
+					2, versioned),
+			   "1 batch:libpq:a applied t; 2 batch:libpq:a applied t; 3 batch:libpq:a stale f; "
+			   "4 batch:libpq:b applied t");
+
+	r = consume_batch(ids, accounts, amounts);
+	check("batch: the set-based statement inserts each message of the batch once",
+		  PQresultStatus(r) == PGRES_COMMAND_OK && eq(PQcmdTuples(r), "3"), r);
+	r = consume_batch(ids, accounts, amounts);
+	check("batch: the batch redelivered inserts nothing",
+		  PQresultStatus(r) == PGRES_COMMAND_OK && eq(PQcmdTuples(r), "0"), r);
+	check_rows("batch: amounts exact through numeric[]",
+			   call("SELECT id, amount FROM payments WHERE id = ANY($1::text[]) ORDER BY id", 1, &ids),
+			   "libpq:b-1 975.00; libpq:b-2 0.10; libpq:b-3 12345678901234567.89");
 }
 
-/* Leases (idem_begin, idem_complete, idem_fail; ID003): their assertions go here. */
+/* The interval and the request are text, cast in the statement. */
+static PGresult *
+begin_lease(const char *key, const char *request)
+{
+	const char *const values[] = {key, "1 hour", request};
+
+	return PQexecParams(db, "SELECT * FROM idem_begin($1, $2::interval, $3::jsonb)", 3, NULL, values,
+						NULL, NULL, 0);
+}
+
+static PGresult *
+complete(const char *key, const char *attempt, const char *result)
+{
+	const char *const values[] = {key, attempt, result};
+
+	return call("SELECT idem_complete($1, $2, $3::jsonb)", 3, values);
+}
+
 static void
 lease(void)
 {
+	const char *mail = "receipt:libpq:1";
+	const char *request = "{\"to\": \"ann@example.com\", \"payment\": \"libpq:p-1\"}";
+	char		attempt[12] = "";
+	char		error[200] = "";
+	const char *const fail_values[] = {"payment:libpq:p-6", error};
+	const char *const get_values[] = {"payment:libpq:p-6"};
+	PGresult   *r;
+
+	r = begin_lease(mail, request);
+	if (field(r, "attempt"))
+		snprintf(attempt, sizeof attempt, "%s", field(r, "attempt"));
+	check("lease: started, attempt 1", eq(field(r, "status"), "started") && eq(attempt, "1") &&
+		  field(r, "lease_until") != NULL, r);
+	r = begin_lease(mail, request);
+	check("lease: a second begin is in_progress", eq(field(r, "status"), "in_progress") &&
+		  eq(field(r, "attempt"), "1"), r);
+	PQclear(complete(mail, attempt, "{\"amount\": 975.00, \"total\": 12345678901234567.89}"));
+	r = begin_lease(mail, request);
+	check("lease: after idem_complete a duplicate with the result exact", eq(field(r, "status"), "duplicate") &&
+		  eq(field(r, "result"), "{\"total\": 12345678901234567.89, \"amount\": 975.00}"), r);
+	check_error("lease: ID001: same key, another request", "ID001",
+				begin_lease(mail, "{\"to\": \"bob@example.com\", \"payment\": \"libpq:p-1\"}"));
+	check_error("lease: ID003: idem_complete of an attempt that no longer holds the key", "ID003",
+				complete(mail, attempt, "{}"));
+
+	/* a poison message: its transaction failed, its failure is recorded in a transaction of its own */
+	r = pay("libpq:p-6", ACCOUNT, "1e30");
+	if (PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY))
+		snprintf(error, sizeof error, "%s", PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
+	check_error("idem_fail: the payment fails (22003)", "22003", r);
+	r = call("SELECT * FROM idem_fail($1, NULL, $2)", 2, fail_values);
+	check("idem_fail: an ordinary key's failure is counted", eq(field(r, "status"), "failed") &&
+		  eq(field(r, "attempt"), "1"), r);
+	r = call("SELECT state, attempts, last_error FROM idem_get($1)", 1, get_values);
+	check("idem_fail: idem_get shows 1 attempt", eq(field(r, "state"), "failed") &&
+		  eq(field(r, "attempts"), "1") && eq(field(r, "last_error"), error), r);
 }
 
 int

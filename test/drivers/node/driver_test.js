@@ -15,6 +15,11 @@ const SET_BALANCE = 'INSERT INTO accounts (id, balance) VALUES ($1, $2) ' +
 const ADD_TO_BALANCE = 'INSERT INTO accounts (id, balance) VALUES ($1, $2) ' +
   'ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance';
 const TOTALS = 'SELECT $1 AS amount, $2 AS total';
+// A batch's consumer (README, "Batches"): one set-based statement for the messages not seen before.
+const CONSUME_BATCH = 'WITH fresh AS (SELECT ord FROM idem_claim_batch($1::text[]) WHERE applied) ' +
+  'INSERT INTO payments (id, account, amount) SELECT m.id, m.account, m.amount ' +
+  'FROM unnest($1::text[], $2::int[], $3::numeric[]) WITH ORDINALITY AS m(id, account, amount, ord) ' +
+  'JOIN fresh USING (ord)';
 
 // jsonb comes back with its numbers as strings, so that 975.00 stays "975.00".
 function parseJsonbKeepNumbers(text) {
@@ -171,11 +176,80 @@ async function redelivery(db) {
     out25.result[0].amount === '25.00', out25);
 }
 
-// idem_claim_batch: its assertions go here.
-async function batch(_db) {}
+// node-postgres sends a JS array as an array literal, untyped: each one needs its cast. Amounts are
+// strings, as a JS number would round 12345678901234567.89.
+async function consumeBatch(db, ids, accounts, amounts) {
+  await db.query('BEGIN');
+  const { rowCount } = await db.query(CONSUME_BATCH, [ids, accounts, amounts]);
+  await db.query('COMMIT');
+  return rowCount;
+}
 
-// Leases (idem_begin, idem_complete, idem_fail; ID003): their assertions go here.
-async function lease(_db) {}
+async function batch(db) {
+  const row = (ord, k, status, applied) => ({ ord, key: k, status, applied });
+  const same = (got, want) => JSON.stringify(got) === JSON.stringify(want);
+  const keys = [`batch:${DRIVER}:1`, `batch:${DRIVER}:2`, `batch:${DRIVER}:1`];
+  const { rows: claimed } = await db.query(
+    'SELECT ord, key, status, applied FROM idem_claim_batch($1::text[])', [keys]);
+  check('batch: one row per element in input order, a repeated key a duplicate', same(claimed, [
+    row(1, keys[0], 'applied', true), row(2, keys[1], 'applied', true), row(3, keys[0], 'duplicate', false)]),
+  claimed);
+  const account = [`batch:${DRIVER}:a`, `batch:${DRIVER}:a`, `batch:${DRIVER}:a`, `batch:${DRIVER}:b`];
+  const { rows: versioned } = await db.query(
+    'SELECT ord, key, status, applied FROM idem_claim_batch($1::text[], $2::bigint[])', [account, [3, 5, 4, 1]]);
+  check('batch: versions 3, 5, 4 of a key are applied, applied, stale', same(versioned, [
+    row(1, account[0], 'applied', true), row(2, account[0], 'applied', true),
+    row(3, account[0], 'stale', false), row(4, account[3], 'applied', true)]), versioned);
+
+  const ids = [pid('b-1'), pid('b-2'), pid('b-1'), pid('b-3')];
+  const amounts = ['975.00', '0.10', '975.00', '12345678901234567.89'];
+  const first = await consumeBatch(db, ids, ids.map(() => ACCOUNT), amounts);
+  check('batch: the set-based statement inserts each message of the batch once', first === 3, first);
+  const again = await consumeBatch(db, ids, ids.map(() => ACCOUNT), amounts);
+  check('batch: the batch redelivered inserts nothing', again === 0, again);
+  const { rows: paid } = await db.query(
+    'SELECT id, amount FROM payments WHERE id = ANY($1::text[]) ORDER BY id', [ids]);
+  check('batch: amounts exact through numeric[]', same(paid, [{ id: pid('b-1'), amount: '975.00' },
+    { id: pid('b-2'), amount: '0.10' }, { id: pid('b-3'), amount: '12345678901234567.89' }]), paid);
+}
+
+// A lease's request may be a JS object (node-postgres sends JSON.stringify's text); a result whose
+// numbers must stay exact goes as JSON text, as JSON.stringify would write 975.00 as 975.
+async function begin(db, k, request) {
+  const { rows: [out] } = await db.query('SELECT * FROM idem_begin($1, $2::interval, $3::jsonb)',
+    [k, '1 hour', request]);
+  return out;
+}
+
+async function lease(db) {
+  const mail = `receipt:${DRIVER}:1`;
+  const request = { to: 'ann@example.com', payment: pid('p-1') };
+  const first = await begin(db, mail, request);
+  check('lease: started, attempt 1', first.status === 'started' && first.attempt === 1 &&
+    first.lease_until > new Date(), first);
+  const held = await begin(db, mail, request);
+  check('lease: a second begin is in_progress', held.status === 'in_progress' && held.attempt === 1, held);
+  await db.query('SELECT idem_complete($1, $2, $3::jsonb)',
+    [mail, first.attempt, '{"amount": 975.00, "total": 12345678901234567.89}']);
+  const later = await begin(db, mail, request);
+  check('lease: after idem_complete a duplicate with the result exact', later.status === 'duplicate' &&
+    later.result.amount === '975.00' && later.result.total === '12345678901234567.89', later);
+  await checkError('lease: ID001: same key, another request', 'ID001',
+    () => begin(db, mail, { to: 'bob@example.com', payment: pid('p-1') }));
+  await checkError('lease: ID003: idem_complete of an attempt that no longer holds the key', 'ID003',
+    () => db.query('SELECT idem_complete($1, $2, $3::jsonb)', [mail, first.attempt, '{}']));
+
+  // a poison message: its transaction failed, its failure is recorded in a transaction of its own
+  const failed = await outcome(pay(db, pid('p-6'), ACCOUNT, '1e30'));
+  check('idem_fail: the payment fails (22003)', failed.status === 'error 22003', failed);
+  const { rows: [counted] } = await db.query('SELECT * FROM idem_fail($1, NULL, $2)',
+    [key('p-6'), failed.message]);
+  check('idem_fail: an ordinary key\'s failure is counted', counted.status === 'failed' &&
+    counted.attempt === 1, counted);
+  const { rows: [got] } = await db.query('SELECT state, attempts, last_error FROM idem_get($1)', [key('p-6')]);
+  check('idem_fail: idem_get shows 1 attempt', got.state === 'failed' && got.attempts === 1 &&
+    got.last_error === failed.message, got);
+}
 
 const SECTIONS = [once, newer, next, upsert, claim, untyped, results, errors, redelivery, batch, lease];
 

@@ -5,12 +5,15 @@
 // failed.
 
 import java.math.BigDecimal;
+import java.sql.Array;
 import java.sql.Connection;
 import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
 import java.sql.Timestamp;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Objects;
 
 public class DriverTest {
@@ -25,6 +28,13 @@ public class DriverTest {
     static final String ADD_TO_BALANCE = "INSERT INTO accounts (id, balance) VALUES ($1, $2) "
         + "ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance";
     static final String TOTALS = "SELECT $1 AS amount, $2 AS total";
+    // A batch's consumer (README, "Batches"): one set-based statement for the messages not seen
+    // before. JDBC binds each ? once, so the ids are bound twice.
+    static final String CONSUME_BATCH =
+        "WITH fresh AS (SELECT ord FROM idem_claim_batch(?::text[]) WHERE applied) "
+        + "INSERT INTO payments (id, account, amount) SELECT m.id, m.account, m.amount "
+        + "FROM unnest(?::text[], ?::int[], ?::numeric[]) WITH ORDINALITY AS m(id, account, amount, ord) "
+        + "JOIN fresh USING (ord)";
 
     /** One idem_outcome row; result is jsonb's text, numbers exactly as stored. */
     record Outcome(String status, boolean applied, Long version, Long previousVersion, Long rows,
@@ -270,12 +280,157 @@ public class DriverTest {
         check("redelivery of x:p-1 is a duplicate with its result", ok, got);
     }
 
-    // idem_claim_batch: its assertions go here.
-    static void batch() {
+    /** The rows of a query, each as its columns' text joined by spaces. */
+    static List<String> rows(String sql, Binder binder) throws SQLException {
+        List<String> rows = new ArrayList<>();
+        try (PreparedStatement ps = db.prepareStatement(sql)) {
+            binder.bind(ps);
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    StringBuilder row = new StringBuilder();
+                    for (int i = 1; i <= rs.getMetaData().getColumnCount(); i++) {
+                        row.append(i > 1 ? " " : "").append(rs.getString(i));
+                    }
+                    rows.add(row.toString());
+                }
+            }
+        }
+        return rows;
     }
 
-    // Leases (idem_begin, idem_complete, idem_fail; ID003): their assertions go here.
-    static void lease() {
+    // createArrayOf gives each array its type; the batch's statements run in one transaction.
+    static int consumeBatch(String[] ids, Integer[] accounts, BigDecimal[] amounts) throws SQLException {
+        db.setAutoCommit(false);
+        try (PreparedStatement ps = db.prepareStatement(CONSUME_BATCH)) {
+            Array idArray = db.createArrayOf("text", ids);
+            ps.setArray(1, idArray);
+            ps.setArray(2, idArray);
+            ps.setArray(3, db.createArrayOf("integer", accounts));
+            ps.setArray(4, db.createArrayOf("numeric", amounts));
+            int inserted = ps.executeUpdate();
+            db.commit();
+            return inserted;
+        } finally {
+            db.setAutoCommit(true); // rolls back whatever an error left open
+        }
+    }
+
+    static void batch() throws SQLException {
+        String[] keys = {"batch:" + DRIVER + ":1", "batch:" + DRIVER + ":2", "batch:" + DRIVER + ":1"};
+        List<String> claimed = rows("SELECT ord, key, status, applied FROM idem_claim_batch(?::text[])",
+            ps -> ps.setArray(1, db.createArrayOf("text", keys)));
+        check("batch: one row per element in input order, a repeated key a duplicate", claimed.equals(List.of(
+            "1 " + keys[0] + " applied t", "2 " + keys[1] + " applied t", "3 " + keys[0] + " duplicate f")),
+            claimed);
+        String[] account = {"batch:" + DRIVER + ":a", "batch:" + DRIVER + ":a", "batch:" + DRIVER + ":a",
+            "batch:" + DRIVER + ":b"};
+        List<String> versioned = rows(
+            "SELECT ord, key, status, applied FROM idem_claim_batch(?::text[], ?::bigint[])", ps -> {
+                ps.setArray(1, db.createArrayOf("text", account));
+                ps.setArray(2, db.createArrayOf("bigint", new Long[] {3L, 5L, 4L, 1L}));
+            });
+        check("batch: versions 3, 5, 4 of a key are applied, applied, stale", versioned.equals(List.of(
+            "1 " + account[0] + " applied t", "2 " + account[0] + " applied t", "3 " + account[0] + " stale f",
+            "4 " + account[3] + " applied t")), versioned);
+
+        String[] ids = {id("b-1"), id("b-2"), id("b-1"), id("b-3")};
+        Integer[] accounts = {ACCOUNT, ACCOUNT, ACCOUNT, ACCOUNT};
+        BigDecimal[] amounts = {new BigDecimal("975.00"), new BigDecimal("0.10"), new BigDecimal("975.00"),
+            new BigDecimal("12345678901234567.89")};
+        int first = consumeBatch(ids, accounts, amounts);
+        check("batch: the set-based statement inserts each message of the batch once", first == 3, first);
+        int again = consumeBatch(ids, accounts, amounts);
+        check("batch: the batch redelivered inserts nothing", again == 0, again);
+        List<String> paid = new ArrayList<>();
+        try (PreparedStatement ps = db.prepareStatement(
+                "SELECT id, amount FROM payments WHERE id = ANY(?) ORDER BY id")) {
+            ps.setArray(1, db.createArrayOf("text", ids));
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    paid.add(rs.getString("id") + " " + rs.getBigDecimal("amount").toPlainString());
+                }
+            }
+        }
+        check("batch: amounts exact through numeric[]", paid.equals(List.of(id("b-1") + " 975.00",
+            id("b-2") + " 0.10", id("b-3") + " 12345678901234567.89")), paid);
+    }
+
+    /** One idem_lease row; result is jsonb's text, numbers exactly as stored. */
+    record Lease(String status, int attempt, Timestamp leaseUntil, String result, String lastError) {
+        static Lease of(ResultSet rs) throws SQLException {
+            rs.next();
+            return new Lease(rs.getString("status"), rs.getInt("attempt"), rs.getTimestamp("lease_until"),
+                rs.getString("result"), rs.getString("last_error"));
+        }
+    }
+
+    // setString sends varchar: the casts make the interval and the jsonb of its text.
+    static Lease begin(String key, String request) throws SQLException {
+        try (PreparedStatement ps = db.prepareStatement("SELECT * FROM idem_begin(?, ?::interval, ?::jsonb)")) {
+            ps.setString(1, key);
+            ps.setString(2, "1 hour");
+            ps.setString(3, request);
+            try (ResultSet rs = ps.executeQuery()) {
+                return Lease.of(rs);
+            }
+        }
+    }
+
+    static Object complete(String key, int attempt, String result) throws SQLException {
+        try (PreparedStatement ps = db.prepareStatement("SELECT idem_complete(?, ?, ?::jsonb)")) {
+            ps.setString(1, key);
+            ps.setInt(2, attempt);
+            ps.setString(3, result);
+            try (ResultSet rs = ps.executeQuery()) {
+                return rs.next();
+            }
+        }
+    }
+
+    static void lease() throws SQLException {
+        String mail = "receipt:" + DRIVER + ":1";
+        String request = "{\"to\": \"ann@example.com\", \"payment\": \"" + id("p-1") + "\"}";
+        Lease first = begin(mail, request);
+        check("lease: started, attempt 1", "started".equals(first.status()) && first.attempt() == 1
+            && first.leaseUntil().after(new Timestamp(System.currentTimeMillis())), first);
+        Lease held = begin(mail, request);
+        check("lease: a second begin is in_progress", "in_progress".equals(held.status()) && held.attempt() == 1,
+            held);
+        complete(mail, first.attempt(), "{\"amount\": 975.00, \"total\": 12345678901234567.89}");
+        Lease later = begin(mail, request);
+        check("lease: after idem_complete a duplicate with the result exact", "duplicate".equals(later.status())
+            && "{\"total\": 12345678901234567.89, \"amount\": 975.00}".equals(later.result()), later);
+        checkError("lease: ID001: same key, another request", "ID001", () -> begin(mail,
+            "{\"to\": \"bob@example.com\", \"payment\": \"" + id("p-1") + "\"}"));
+        checkError("lease: ID003: idem_complete of an attempt that no longer holds the key", "ID003",
+            () -> complete(mail, first.attempt(), "{}"));
+
+        // a poison message: its transaction failed, its failure is recorded in a transaction of its own
+        String state = null;
+        String error = null;
+        try {
+            pay(id("p-6"), ACCOUNT, new BigDecimal("1e30"));
+        } catch (SQLException e) {
+            state = e.getSQLState();
+            error = e.getMessage();
+        }
+        check("idem_fail: the payment fails (22003)", "22003".equals(state), state + " " + error);
+        String lastError = error;
+        Lease counted;
+        try (PreparedStatement ps = db.prepareStatement("SELECT * FROM idem_fail(?, NULL, ?)")) {
+            ps.setString(1, key("p-6"));
+            ps.setString(2, lastError);
+            try (ResultSet rs = ps.executeQuery()) {
+                counted = Lease.of(rs);
+            }
+        }
+        check("idem_fail: an ordinary key's failure is counted", "failed".equals(counted.status())
+            && counted.attempt() == 1, counted);
+        List<String> got = rows("SELECT state, attempts, last_error = ? FROM idem_get(?)", ps -> {
+            ps.setString(1, lastError);
+            ps.setString(2, key("p-6"));
+        });
+        check("idem_fail: idem_get shows 1 attempt", got.equals(List.of("failed 1 t")), got);
     }
 
     interface Section {

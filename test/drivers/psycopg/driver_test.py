@@ -6,12 +6,13 @@ line per assertion, `ok     psycopg: ...` or `FAILED psycopg: ...`, and exits 1 
 """
 import json
 import sys
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import Jsonb, set_json_loads
 
 DRIVER = "psycopg"
 ACCOUNT = 200  # accounts 201..203 belong to this driver
@@ -23,6 +24,11 @@ SET_BALANCE = ("INSERT INTO accounts (id, balance) VALUES ($1, $2) "
 ADD_TO_BALANCE = ("INSERT INTO accounts (id, balance) VALUES ($1, $2) "
                   "ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance")
 TOTALS = "SELECT $1 AS amount, $2 AS total"
+# A batch's consumer (README, "Batches"): one set-based statement for the messages not seen before.
+CONSUME_BATCH = ("WITH fresh AS (SELECT ord FROM idem_claim_batch(%(ids)s::text[]) WHERE applied) "
+                 "INSERT INTO payments (id, account, amount) SELECT m.id, m.account, m.amount "
+                 "FROM unnest(%(ids)s::text[], %(accounts)s::int[], %(amounts)s::numeric[]) "
+                 "WITH ORDINALITY AS m(id, account, amount, ord) JOIN fresh USING (ord)")
 
 # json and jsonb numbers as Decimal, so that 975.00 stays Decimal('975.00'), not a float.
 set_json_loads(partial(json.loads, parse_float=Decimal))
@@ -189,12 +195,75 @@ def redelivery(db):
           and out["rows"] == 1 and str(out["result"][0]["amount"]) == "25.00", out)
 
 
+def consume_batch(db, ids, accounts, amounts):
+    # Python lists are sent as arrays (a list of str untyped, as a str is): cast each one.
+    with db.transaction():
+        return db.execute(CONSUME_BATCH, {"ids": ids, "accounts": accounts, "amounts": amounts}).rowcount
+
+
 def batch(db):
-    """idem_claim_batch: its assertions go here."""
+    def row(ord_, k, status, applied):
+        return {"ord": ord_, "key": k, "status": status, "applied": applied}
+    keys = [f"batch:{DRIVER}:1", f"batch:{DRIVER}:2", f"batch:{DRIVER}:1"]
+    claimed = db.execute("SELECT ord, key, status, applied FROM idem_claim_batch(%s::text[])",
+                         (keys,)).fetchall()
+    check("batch: one row per element in input order, a repeated key a duplicate", claimed == [
+        row(1, keys[0], "applied", True), row(2, keys[1], "applied", True),
+        row(3, keys[0], "duplicate", False)], claimed)
+    account = [f"batch:{DRIVER}:a", f"batch:{DRIVER}:a", f"batch:{DRIVER}:a", f"batch:{DRIVER}:b"]
+    versioned = db.execute("SELECT ord, key, status, applied FROM idem_claim_batch(%s::text[], %s::bigint[])",
+                           (account, [3, 5, 4, 1])).fetchall()
+    check("batch: versions 3, 5, 4 of a key are applied, applied, stale", versioned == [
+        row(1, account[0], "applied", True), row(2, account[0], "applied", True),
+        row(3, account[0], "stale", False), row(4, account[3], "applied", True)], versioned)
+
+    ids = [pid("b-1"), pid("b-2"), pid("b-1"), pid("b-3")]
+    amounts = [Decimal("975.00"), Decimal("0.10"), Decimal("975.00"), Decimal("12345678901234567.89")]
+    first = consume_batch(db, ids, [ACCOUNT] * len(ids), amounts)
+    check("batch: the set-based statement inserts each message of the batch once", first == 3, first)
+    again = consume_batch(db, ids, [ACCOUNT] * len(ids), amounts)
+    check("batch: the batch redelivered inserts nothing", again == 0, again)
+    paid = db.execute("SELECT id, amount FROM payments WHERE id = ANY(%s::text[]) ORDER BY id",
+                      (ids,)).fetchall()
+    check("batch: amounts exact through numeric[]", [(p["id"], str(p["amount"])) for p in paid] == [
+        (pid("b-1"), "975.00"), (pid("b-2"), "0.10"), (pid("b-3"), "12345678901234567.89")], paid)
+
+
+def begin(db, k, request):
+    # A request as Jsonb(dict); a result whose Decimals must stay exact goes as JSON text, as
+    # json.dumps cannot write a Decimal as a number.
+    return db.execute("SELECT * FROM idem_begin(%s, %s::interval, %s::jsonb)",
+                      (k, timedelta(hours=1), Jsonb(request))).fetchone()
 
 
 def lease(db):
-    """Leases (idem_begin, idem_complete, idem_fail; ID003): their assertions go here."""
+    mail = f"receipt:{DRIVER}:1"
+    request = {"to": "ann@example.com", "payment": pid("p-1")}
+    first = begin(db, mail, request)
+    check("lease: started, attempt 1", first["status"] == "started" and first["attempt"] == 1
+          and first["lease_until"] > datetime.now(timezone.utc), first)
+    held = begin(db, mail, request)
+    check("lease: a second begin is in_progress", held["status"] == "in_progress" and held["attempt"] == 1, held)
+    db.execute("SELECT idem_complete(%s, %s, %s::jsonb)",
+               (mail, first["attempt"], '{"amount": 975.00, "total": 12345678901234567.89}'))
+    later = begin(db, mail, request)
+    check("lease: after idem_complete a duplicate with the result exact", later["status"] == "duplicate"
+          and later["result"] is not None and str(later["result"].get("amount")) == "975.00"
+          and str(later["result"].get("total")) == "12345678901234567.89", later)
+    check_error("lease: ID001: same key, another request", "ID001",
+                lambda: begin(db, mail, {"to": "bob@example.com", "payment": pid("p-1")}))
+    check_error("lease: ID003: idem_complete of an attempt that no longer holds the key", "ID003",
+                lambda: db.execute("SELECT idem_complete(%s, %s, %s::jsonb)", (mail, first["attempt"], "{}")))
+
+    # a poison message: its transaction failed, its failure is recorded in a transaction of its own
+    failed = outcome(lambda: pay(db, pid("p-6"), ACCOUNT, Decimal("1e30")))
+    check("idem_fail: the payment fails (22003)", failed["status"] == "error 22003", failed)
+    counted = db.execute("SELECT * FROM idem_fail(%s, NULL, %s)", (key("p-6"), failed.get("message"))).fetchone()
+    check("idem_fail: an ordinary key's failure is counted", counted["status"] == "failed"
+          and counted["attempt"] == 1, counted)
+    got = db.execute("SELECT state, attempts, last_error FROM idem_get(%s)", (key("p-6"),)).fetchone()
+    check("idem_fail: idem_get shows 1 attempt", got["state"] == "failed" and got["attempts"] == 1
+          and got["last_error"] == failed.get("message"), got)
 
 
 SECTIONS = [once, newer, next_, upsert, claim, untyped, results, errors, redelivery, batch, lease]
