@@ -418,7 +418,7 @@ idem_claim_batch(PG_FUNCTION_ARGS)
 		{
 			INSTR_TIME_SET_CURRENT(elapsed);
 			INSTR_TIME_SUBTRACT(elapsed, start);
-			idem_stats_count_error(req.policy, elapsed);
+			idem_stats_count_error(req.scope, req.policy, elapsed);
 			PG_RE_THROW();
 		}
 		PG_END_TRY();
@@ -428,7 +428,8 @@ idem_claim_batch(PG_FUNCTION_ARGS)
 		/* each element is a call; the batch's time is counted once */
 		INSTR_TIME_SET_ZERO(none);
 		for (int i = 0; i < n; i++)
-			idem_stats_count(req.policy, elems[i].out.status, i == 0 ? elapsed : none);
+			idem_stats_count(req.scope, req.policy, elems[i].out.status,
+							 i == 0 ? elapsed : none);
 	}
 	error_context_stack = errcallback.previous;
 

@@ -222,13 +222,13 @@ run_request(FunctionCallInfo fcinfo, IdemRequest *req)
 		{
 			INSTR_TIME_SET_CURRENT(elapsed);
 			INSTR_TIME_SUBTRACT(elapsed, start);
-			idem_stats_count_error(req->policy, elapsed);
+			idem_stats_count_error(req->scope, req->policy, elapsed);
 			PG_RE_THROW();
 		}
 		PG_END_TRY();
 		INSTR_TIME_SET_CURRENT(elapsed);
 		INSTR_TIME_SUBTRACT(elapsed, start);
-		idem_stats_count(req->policy, out.status, elapsed);
+		idem_stats_count(req->scope, req->policy, out.status, elapsed);
 	}
 
 	values[0] = CStringGetTextDatum(idem_status_name(out.status));

@@ -495,13 +495,17 @@ fail_message(Ledger *ledger, const LeaseCall *call, bool present, bool found,
 					 errdetail("idem_fail without an attempt counts failures of keys applied with idem_apply or idem_claim."),
 					 errhint("Pass the attempt that idem_begin returned.")));
 		row = *row_found;
+		/* the probe's result may point into the heap: written again, it must be ours */
+		if (row.result != NULL)
+			row.result = DatumGetJsonbPCopy(PointerGetDatum(row.result));
 		row.attempts = row_found->attempts + 1;
 	}
 	else
 	{
 		memset(&row, 0, sizeof(row));
 		ledger_stamp_row(&row, call->scope, call->key);
-		row.tid = row_found->tid;	/* set when present (expired) */
+		if (present)
+			row.tid = row_found->tid;	/* an expired row, replaced */
 		row.policy = IDEM_ONCE;	/* none yet: the first applied call sets it */
 		row.has_applied = false;
 		row.applied_at = 0;
@@ -616,7 +620,8 @@ lease_run(LeaseFunction function, const LeaseCall *call, LeaseOutcome *out)
 		{
 			INSTR_TIME_SET_CURRENT(elapsed);
 			INSTR_TIME_SUBTRACT(elapsed, start);
-			idem_stats_count_error(call->attempt == 0 && function == LEASE_FAIL ?
+			idem_stats_count_error(call->scope,
+								   call->attempt == 0 && function == LEASE_FAIL ?
 								   IDEM_ONCE : IDEM_LEASE, elapsed);
 		}
 		PG_RE_THROW();
@@ -627,7 +632,7 @@ lease_run(LeaseFunction function, const LeaseCall *call, LeaseOutcome *out)
 		INSTR_TIME_SET_CURRENT(elapsed);
 		INSTR_TIME_SUBTRACT(elapsed, start);
 		/* a failure counts as failed even when it made the key dead */
-		idem_stats_count(out->stat_policy,
+		idem_stats_count(call->scope, out->stat_policy,
 						 function == LEASE_FAIL ? IDEM_FAILED : out->status, elapsed);
 	}
 }

@@ -112,18 +112,22 @@ idem_stats_init(void)
 }
 
 /*
- * The slot counting calls in the current scope (idempotent.scope), claimed
- * if the scope has none yet; the last slot once all are taken.
+ * The slot counting calls in scope, the scope the call was checked for
+ * (idem_current_scope), claimed if the scope has none yet; the last slot
+ * once all are taken.  Only scopes that name a role the caller may use get
+ * here, so nobody can fill the slots with names of no role.
  */
 static int
-scope_slot(void)
+scope_slot(text *scope)
 {
 	NameData	name;
 	int			slot = -1;
+	int			len = VARSIZE_ANY_EXHDR(scope);
 
-	if (idem_scope == NULL || idem_scope[0] == '\0')
+	if (len == 0)
 		return SHARED_SLOT;
-	namestrcpy(&name, idem_scope);
+	memset(&name, 0, sizeof(name));
+	memcpy(NameStr(name), VARDATA_ANY(scope), Min(len, NAMEDATALEN - 1));
 	if (cached_slot >= 0 && strcmp(NameStr(cached_scope), NameStr(name)) == 0)
 		return cached_slot;
 
@@ -145,9 +149,9 @@ scope_slot(void)
 }
 
 static void
-count(IdemPolicy policy, StatColumn column, instr_time elapsed)
+count(text *scope, IdemPolicy policy, StatColumn column, instr_time elapsed)
 {
-	pg_atomic_uint64 *row = stats->counters[scope_slot()][idem_policy_index(policy)];
+	pg_atomic_uint64 *row = stats->counters[scope_slot(scope)][idem_policy_index(policy)];
 
 	pg_atomic_fetch_add_u64(&row[STAT_CALLS], 1);
 	pg_atomic_fetch_add_u64(&row[column], 1);
@@ -155,7 +159,7 @@ count(IdemPolicy policy, StatColumn column, instr_time elapsed)
 }
 
 void
-idem_stats_count(IdemPolicy policy, IdemStatus status, instr_time elapsed)
+idem_stats_count(text *scope, IdemPolicy policy, IdemStatus status, instr_time elapsed)
 {
 	static const StatColumn columns[] = {
 		[IDEM_APPLIED] = STAT_APPLIED,
@@ -170,14 +174,14 @@ idem_stats_count(IdemPolicy policy, IdemStatus status, instr_time elapsed)
 	};
 
 	if (stats != NULL)
-		count(policy, columns[status], elapsed);
+		count(scope, policy, columns[status], elapsed);
 }
 
 void
-idem_stats_count_error(IdemPolicy policy, instr_time elapsed)
+idem_stats_count_error(text *scope, IdemPolicy policy, instr_time elapsed)
 {
 	if (stats != NULL)
-		count(policy, STAT_ERRORS, elapsed);
+		count(scope, policy, STAT_ERRORS, elapsed);
 }
 
 static void

@@ -12,7 +12,8 @@
 extern bool idem_stats_enabled;
 
 extern void idem_stats_init(void);
-extern void idem_stats_count(IdemPolicy policy, IdemStatus status, instr_time elapsed);
-extern void idem_stats_count_error(IdemPolicy policy, instr_time elapsed);
+extern void idem_stats_count(text *scope, IdemPolicy policy, IdemStatus status,
+							 instr_time elapsed);
+extern void idem_stats_count_error(text *scope, IdemPolicy policy, instr_time elapsed);
 
 #endif							/* IDEM_STATS_H */

@@ -140,15 +140,19 @@ SET idempotent.scope = 'regress_stat_b';
 SELECT idem_claim('sc:1');
 RESET idempotent.scope;
 SELECT idem_claim('sc:shared');
+-- a statement that switches the scope: the call still counts where it was checked
+SET idempotent.scope = 'regress_stat_a';
+SELECT idem_apply('sc:switch', NULL, $$SELECT set_config('idempotent.scope', 'regress_stat_b', false)$$);
+RESET idempotent.scope;
 });
 my $by_scope = q{SELECT string_agg(format('%s:%s/%s/%s', scope, calls, applied, duplicate), ' ' ORDER BY scope)
                  FROM idem_stat WHERE policy = 'once'};
 is($node->safe_psql('postgres', $by_scope),
-	':1/1/0 regress_stat_a:3/2/1 regress_stat_b:1/1/0', 'idem_stat counts per scope');
+	':1/1/0 regress_stat_a:4/3/1 regress_stat_b:1/1/0', 'idem_stat counts per scope, each call in the scope it was checked for');
 is($node->safe_psql('postgres', "SET ROLE regress_stat_app_a; $by_scope"),
-	':1/1/0 regress_stat_a:3/2/1', 'a member of scope a sees the shared scope and a, not b');
+	':1/1/0 regress_stat_a:4/3/1', 'a member of scope a sees the shared scope and a, not b');
 is($node->safe_psql('postgres', "SET ROLE regress_stat_watcher; $by_scope"),
-	':1/1/0 regress_stat_a:3/2/1 regress_stat_b:1/1/0', 'pg_read_all_stats sees every scope');
+	':1/1/0 regress_stat_a:4/3/1 regress_stat_b:1/1/0', 'pg_read_all_stats sees every scope');
 $node->safe_psql('postgres', q{SELECT idem_stats_reset()});
 
 $node->stop('fast');
