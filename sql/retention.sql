@@ -84,17 +84,27 @@ SELECT status FROM idem_apply('r:forever', NULL, 'SELECT 1');
 SELECT key, expires_at IS NULL AS forever FROM idem_ledger WHERE key = 'r:forever';
 -- a key is never born expired: a transaction that runs on after writing it,
 -- here longer than the ttl and its grace, has its keys stamped again as it
--- commits, so a redelivery right after the commit is a duplicate
+-- commits, so a redelivery right after the commit is a duplicate; a key
+-- written twice in the transaction is stamped again once, not twice
 SET idempotent.ttl = 1;
 BEGIN;
-SELECT status FROM idem_apply('r:stamp-late', NULL, 'SELECT 1');
+SELECT status FROM idem_apply('r:stamp-late', 1, 'SELECT 1');
+SELECT status FROM idem_apply('r:stamp-late', 2, 'SELECT 2');
 SELECT pg_sleep(2.1);
 SELECT clock_timestamp() AS before_commit \gset
 COMMIT;
-SELECT status FROM idem_apply('r:stamp-late', NULL, 'SELECT 1');
+SELECT status FROM idem_apply('r:stamp-late', 2, 'SELECT 2');
 SELECT applied_at < :'before_commit'::timestamptz - interval '2 seconds' AS applied_long_before_commit,
-       expires_at >= :'before_commit'::timestamptz + interval '1 second' AS expires_ttl_after_commit
+       expires_at >= :'before_commit'::timestamptz + interval '1 second' AS expires_ttl_after_commit,
+       expires_at < :'before_commit'::timestamptz + interval '3 seconds' AS stamped_again_once
 FROM idem_ledger WHERE key = 'r:stamp-late';
+-- a transaction to be prepared cannot record keys with a ttl: its commit,
+-- from which the ttl counts, may come any time later
+BEGIN;
+SELECT status FROM idem_claim('r:prepared');
+PREPARE TRANSACTION 'r:prepared';
+\echo SQLSTATE :SQLSTATE
+SELECT count(*) AS recorded FROM idem_ledger WHERE key = 'r:prepared';
 SET idempotent.ttl = '1h';
 SELECT * FROM ret_ledger WHERE key IN ('r:stamp', 'r:forever') ORDER BY key;
 

@@ -69,9 +69,7 @@ idem_purge(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("max_keys must not be null")));
 	max_keys = PG_GETARG_INT32(0);
-	scope = idem_current_scope();
-	if (superuser())
-		scope = NULL;
+	scope = superuser() ? NULL : idem_current_scope();
 	if (max_keys < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -203,8 +201,9 @@ PG_FUNCTION_INFO_V1(idem_get);
 /*
  * idem_get(key): the key's record in the caller's scope, expired or not, with
  * its lease or failures (state, attempts, lease_until, last_error); no row
- * when the key is absent.  It reads the ledger with a dirty snapshot, so
- * a key another transaction is writing shows as it was before.
+ * when the key is absent.  It reads the ledger as the statement's snapshot
+ * sees it, so a key another transaction is writing shows as it was before,
+ * and nothing waits.
  */
 Datum
 idem_get(PG_FUNCTION_ARGS)
@@ -214,13 +213,10 @@ idem_get(PG_FUNCTION_ARGS)
 	text	   *scope = idem_current_scope();
 	Ledger		ledger;
 	LedgerRow	row;
-	LedgerWriter writer;
-	LedgerProbe probe;
 
 	InitMaterializedSRF(fcinfo, 0);
 	ledger_open(&ledger);
-	probe = ledger_probe(&ledger, scope, key, &row, &writer);
-	if (probe == LEDGER_FOUND)
+	if (ledger_read(&ledger, scope, key, &row))
 	{
 		Datum		values[13];
 		bool		nulls[13] = {0};

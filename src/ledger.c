@@ -592,6 +592,29 @@ ledger_probe(Ledger *ledger, text *scope, text *key, LedgerRow *row,
 	return result;
 }
 
+/*
+ * Look (scope, key) up as the calling statement's snapshot sees it: rows
+ * committed before it and the transaction's own; never waits, never
+ * reports a conflict.  For readers (idem_get).  The row stays valid until
+ * the next lookup or ledger_close().
+ */
+bool
+ledger_read(Ledger *ledger, text *scope, text *key, LedgerRow *row)
+{
+	ScanKeyData skey[2];
+	int			nkeys = key_scankeys(skey, scope, key);
+	IndexScanDesc scan = index_beginscan(ledger->heap, ledger->index,
+										 GetActiveSnapshot(), nkeys, 0);
+	bool		found;
+
+	index_rescan(scan, skey, nkeys, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, ledger->slot);
+	if (found)
+		row_from_slot(ledger->slot, row);
+	index_endscan(scan);
+	return found;
+}
+
 /* Whether a key's time to live has run out (as of the transaction's start). */
 bool
 ledger_row_expired(const LedgerRow *row)
@@ -614,6 +637,8 @@ typedef struct StampedKey
 {
 	text	   *scope;
 	text	   *key;
+	TimestampTz stamped;		/* the expiry written; a row that no longer
+								 * has it was written again or stamped already */
 } StampedKey;
 
 static List *stamped_keys = NIL;
@@ -630,6 +655,9 @@ restamp_keys(void)
 
 	if (now - first_stamp <= EXPIRY_GRACE_US)
 		return;
+	/* dropped in this transaction: its keys go with it */
+	if (!OidIsValid(get_extension_oid("idempotent", true)))
+		return;
 	ledger_open(&ledger);
 	foreach(lc, stamped_keys)
 	{
@@ -639,7 +667,7 @@ restamp_keys(void)
 		HeapTuple	tuple;
 
 		if (ledger_probe(&ledger, sk->scope, sk->key, &row, &writer) != LEDGER_FOUND ||
-			!row.has_expiry)
+			!row.has_expiry || row.expires_at != sk->stamped)
 			continue;
 		tuple = ExecFetchSlotHeapTuple(ledger.slot, false, NULL);
 		if (!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data)))
@@ -656,9 +684,17 @@ expiry_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
-		case XACT_EVENT_PRE_PREPARE:
 			if (stamped_keys != NIL)
 				restamp_keys();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			/* COMMIT PREPARED may come any time later: the expiry would not hold */
+			if (stamped_keys != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that recorded keys with a time to live"),
+						 errdetail("A key's time to live counts from its commit, which PREPARE TRANSACTION leaves open."),
+						 errhint("Set idempotent.ttl to 0 in transactions to be prepared.")));
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_ABORT:
@@ -704,9 +740,10 @@ ledger_stamp_row(LedgerRow *row, text *scope, text *key)
 	sk = palloc(sizeof(StampedKey));
 	sk->scope = DatumGetTextPCopy(PointerGetDatum(scope));
 	sk->key = DatumGetTextPCopy(PointerGetDatum(key));
+	row->expires_at = first_stamp + (TimestampTz) idem_ttl * USECS_PER_SEC + EXPIRY_GRACE_US;
+	sk->stamped = row->expires_at;
 	stamped_keys = lappend(stamped_keys, sk);
 	MemoryContextSwitchTo(old);
-	row->expires_at = first_stamp + (TimestampTz) idem_ttl * USECS_PER_SEC + EXPIRY_GRACE_US;
 }
 
 /* Wait until the transaction writing a busy key has ended. */

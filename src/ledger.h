@@ -72,6 +72,7 @@ extern bool ledger_stores_fingerprint(void);
 extern LedgerProbe ledger_probe(Ledger *ledger, text *scope, text *key,
 								LedgerRow *row, LedgerWriter *writer);
 extern void ledger_end_probe(Ledger *ledger);
+extern bool ledger_read(Ledger *ledger, text *scope, text *key, LedgerRow *row);
 extern void ledger_wait(Ledger *ledger, const LedgerWriter *writer);
 extern bool ledger_lock_key(text *scope, text *key, bool wait);
 extern void ledger_unlock_key(text *scope, text *key);
