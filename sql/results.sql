@@ -195,3 +195,10 @@ SELECT count(*) AS shapes_recorded FROM idem_ledger WHERE key LIKE 'r:shape-%';
 ROLLBACK;
 DROP FUNCTION res_shapes(int, int);
 DROP FUNCTION res_cache_used();
+
+-- the limit is on the jsonb: a result whose text is long but whose jsonb fits
+-- (a number's thousand digits take a few bytes of jsonb) is stored
+SET idempotent.max_result_bytes = 256;
+SELECT status, length(result::text) > 1000 AS long_text, pg_column_size(result) <= 256 AS fits
+FROM idem_apply('r:long-text', NULL, 'SELECT 1e-1000::numeric AS x, 1e-1000::numeric AS y');
+RESET idempotent.max_result_bytes;

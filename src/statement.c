@@ -476,6 +476,19 @@ result_startup(DestReceiver *self, int operation, TupleDesc desc)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * The longest text a result may reach while its rows stream in, before the
+ * jsonb's size decides: text is at most a few times its jsonb (escapes take
+ * six bytes for one), but a number's digits can take far more than its
+ * jsonb form, hence the fixed slack.  It bounds the memory a result takes
+ * before it is refused.
+ */
+static Size
+result_text_cap(void)
+{
+	return (Size) idem_max_result_bytes * 6 + 1024 * 1024;
+}
+
 /* Append one row to the array; refuse the result once it is too large. */
 static bool
 result_receive(TupleTableSlot *slot, DestReceiver *self)
@@ -507,7 +520,7 @@ result_receive(TupleTableSlot *slot, DestReceiver *self)
 	r->nrows++;
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(r->row_cxt);
-	if ((Size) r->buf.len > (Size) idem_max_result_bytes * 4)
+	if ((Size) r->buf.len > result_text_cap())
 		result_too_large(r->buf.len, true);
 	return true;
 }
