@@ -17,9 +17,8 @@ ALTER TABLE idem_ledger
 ALTER TABLE idem_ledger ADD COLUMN request_hash bigint;
 
 -- idem_get, idem_stats() and the view idem_stat change their columns, so
--- they are dropped and created again below.  The privileges granted on them
--- are carried over by copying their ACLs: a GRANT in this script would be
--- recorded as the extension's initial privileges, which pg_dump leaves out.
+-- they are dropped and created again below; the privileges granted on them
+-- are saved here and granted again at the end.
 SELECT pg_catalog.set_config('idempotent_upgrade.get_acl',
            coalesce((SELECT proacl::text FROM pg_catalog.pg_proc
                      WHERE oid = '@extschema@.idem_get(text)'::pg_catalog.regprocedure), ''), true),
@@ -118,19 +117,45 @@ GRANT SELECT ON idem_stat TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION idem_stats() TO pg_read_all_stats;
 
 -- The privileges granted on idem_get, idem_stats() and idem_stat under 1.1
--- (saved above), those of 1.1's own script included.
-UPDATE pg_catalog.pg_proc
-   SET proacl = pg_catalog.current_setting('idempotent_upgrade.get_acl')::pg_catalog.aclitem[]
- WHERE oid = '@extschema@.idem_get(text)'::pg_catalog.regprocedure
-   AND pg_catalog.current_setting('idempotent_upgrade.get_acl') <> '';
-UPDATE pg_catalog.pg_proc
-   SET proacl = pg_catalog.current_setting('idempotent_upgrade.stats_acl')::pg_catalog.aclitem[]
- WHERE oid = '@extschema@.idem_stats()'::pg_catalog.regprocedure
-   AND pg_catalog.current_setting('idempotent_upgrade.stats_acl') <> '';
-UPDATE pg_catalog.pg_class
-   SET relacl = pg_catalog.current_setting('idempotent_upgrade.stat_acl')::pg_catalog.aclitem[]
- WHERE oid = '@extschema@.idem_stat'::pg_catalog.regclass
-   AND pg_catalog.current_setting('idempotent_upgrade.stat_acl') <> '';
+-- (saved above) are granted again, so that the roles they name depend on
+-- them as on any grant.  A GRANT in this script is recorded as one of the
+-- extension's initial privileges, which pg_dump leaves out: the initial
+-- privileges are then set back to what this script itself granted.
+DO $$
+DECLARE
+    target record;
+    item record;
+    initial pg_catalog.aclitem[];
+BEGIN
+    FOR target IN
+        SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass AS catalog,
+               '@extschema@.idem_get(text)'::pg_catalog.regprocedure::pg_catalog.oid AS oid,
+               'FUNCTION @extschema@.idem_get(text)' AS object, 'idempotent_upgrade.get_acl' AS saved
+        UNION ALL
+        SELECT 'pg_catalog.pg_proc', '@extschema@.idem_stats()'::pg_catalog.regprocedure,
+               'FUNCTION @extschema@.idem_stats()', 'idempotent_upgrade.stats_acl'
+        UNION ALL
+        SELECT 'pg_catalog.pg_class', '@extschema@.idem_stat'::pg_catalog.regclass,
+               'TABLE @extschema@.idem_stat', 'idempotent_upgrade.stat_acl'
+    LOOP
+        SELECT i.initprivs INTO initial FROM pg_catalog.pg_init_privs i
+         WHERE i.objoid = target.oid AND i.classoid = target.catalog AND i.objsubid = 0;
+        FOR item IN
+            SELECT a.grantee, a.privilege_type, a.is_grantable
+            FROM pg_catalog.aclexplode(NULLIF(
+                     pg_catalog.current_setting(target.saved), '')::pg_catalog.aclitem[]) AS a
+            WHERE a.grantee <> a.grantor
+        LOOP
+            EXECUTE pg_catalog.format('GRANT %s ON %s TO %s%s', item.privilege_type, target.object,
+                CASE WHEN item.grantee = 0 THEN 'PUBLIC'
+                     ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(item.grantee)) END,
+                CASE WHEN item.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+        UPDATE pg_catalog.pg_init_privs SET initprivs = initial
+         WHERE objoid = target.oid AND classoid = target.catalog AND objsubid = 0;
+    END LOOP;
+END
+$$;
 
 -- Batches: claim the keys of a batch of messages in one call, one row per
 -- element in input order (see README, "Batches").  It writes the ledger

@@ -677,6 +677,10 @@ like($dump_out, qr/^GRANT ALL ON FUNCTION public\.idem_get\(key text\) TO regres
 	'after 1.1 -> 1.2: pg_dump carries the grant on idem_get');
 like($dump_out, qr/^GRANT SELECT ON TABLE public\.idem_stat TO regress_acl_reader;$/m,
 	'after 1.1 -> 1.2: pg_dump carries the grant on idem_stat');
+# the grants are real ones: the role depends on them
+my ($drop_rc, $drop_out, $drop_err) = $node->psql('upg_acl', 'DROP ROLE regress_acl_reader');
+like($drop_err, qr/role "regress_acl_reader" cannot be dropped because some objects depend on it/,
+	'after 1.1 -> 1.2: a role granted idem_get depends on the grant');
 $node->safe_psql('postgres', 'DROP DATABASE upg_acl');
 $node->safe_psql('postgres', 'DROP ROLE regress_acl_reader');
 
