@@ -19,28 +19,6 @@
 
 #include "ledger.h"
 
-/*
- * Probe a key under its writers' lock, waiting out other writers; returns
- * whether a row was found, expired or not.  The caller unlocks.
- */
-static bool
-probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
-{
-	for (;;)
-	{
-		LedgerWriter writer;
-		LedgerProbe probe;
-
-		if (!ledger_lock_key(scope, key, true))
-			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(key));
-		probe = ledger_probe(ledger, scope, key, row, &writer);
-		if (probe != LEDGER_BUSY)
-			return probe == LEDGER_FOUND;
-		ledger_unlock_key(scope, key);
-		ledger_wait(ledger, &writer);
-	}
-}
-
 static void
 check_writable(text *key)
 {
@@ -98,7 +76,7 @@ idem_forget(PG_FUNCTION_ARGS)
 	idem_check_not_applying(scope, key);
 	check_writable(key);
 	ledger_open(&ledger);
-	if (probe_locked(&ledger, scope, key, &row))
+	if (ledger_probe_locked(&ledger, scope, key, &row))
 		forgotten = ledger_delete(&ledger, &row.tid, true);
 	ledger_unlock_key(scope, key);
 	ledger_close(&ledger);
@@ -147,7 +125,7 @@ idem_reset(PG_FUNCTION_ARGS)
 	check_writable(key);
 
 	ledger_open(&ledger);
-	present = probe_locked(&ledger, scope, key, &row);
+	present = ledger_probe_locked(&ledger, scope, key, &row);
 	found = present && !ledger_row_expired(&row);
 	if (found && row.policy == IDEM_LEASE)
 		ereport(ERROR,

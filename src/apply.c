@@ -173,6 +173,20 @@ idem_decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 }
 
 /*
+ * Refuse to record a key in a read-only transaction (or on a standby): a
+ * statement would be refused too, but a claim or a lease has none.
+ */
+void
+idem_check_writable(text *key)
+{
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot record key \"%s\" in a read-only transaction",
+						text_to_cstring(key))));
+}
+
+/*
  * The ledger row an applied request writes, as it is before the statement
  * runs: no rows or result yet, and not stamped (ledger_stamp_row).  Refuses
  * a read-only transaction.
@@ -180,12 +194,7 @@ idem_decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out)
 void
 idem_new_row(const IdemRequest *req, LedgerRow *row)
 {
-	/* The statement would be refused too, but a claim has none. */
-	if (XactReadOnly)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot record key \"%s\" in a read-only transaction",
-						text_to_cstring(req->key))));
+	idem_check_writable(req->key);
 
 	row->policy = req->policy;
 	row->has_version = req->has_version;
@@ -302,26 +311,15 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 	for (;;)
 	{
 		LedgerRow	row;
-		LedgerWriter writer;
-		LedgerProbe probe = ledger_probe(&ledger, req->scope, req->key, &row, &writer);
+		LedgerProbe probe = ledger_probe_settled(&ledger, req->scope, req->key, &row,
+												 &locked, idem_wait);
 		const LedgerRow *against;
 		bool		is_dead;
 
 		if (probe == LEDGER_BUSY)
 		{
-			/* Never hold the key's lock while waiting for its writer. */
-			if (locked)
-			{
-				ledger_unlock_key(req->scope, req->key);
-				locked = false;
-			}
-			if (!idem_wait)
-			{
-				in_progress(out);
-				break;
-			}
-			ledger_wait(&ledger, &writer);
-			continue;
+			in_progress(out);
+			break;
 		}
 
 		/* An expired key is absent, whether or not it was purged yet. */

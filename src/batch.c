@@ -171,26 +171,16 @@ claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext
 	{
 		LedgerRow	row;
 		LedgerRow	last;
-		LedgerWriter writer;
-		LedgerProbe probe = ledger_probe(ledger, req->scope, req->key, &row, &writer);
+		LedgerProbe probe = ledger_probe_settled(ledger, req->scope, req->key, &row,
+												 &locked, idem_wait);
 		const LedgerRow *against;
 		bool		dead;
 
 		if (probe == LEDGER_BUSY)
 		{
-			if (locked)
-			{
-				ledger_unlock_key(req->scope, req->key);
-				locked = false;
-			}
-			if (!idem_wait)
-			{
-				for (int i = 0; i < n; i++)
-					in_progress(&occ[i]->out);
-				break;
-			}
-			ledger_wait(ledger, &writer);
-			continue;
+			for (int i = 0; i < n; i++)
+				in_progress(&occ[i]->out);
+			break;
 		}
 
 		against = idem_decision_row(req, probe, &row, &dead);

@@ -123,6 +123,7 @@ extern const char *idem_state_name(char state);
 extern void idem_execute(const IdemRequest *req, IdemOutcome *out);
 extern bool idem_key_is_applying(text *scope, text *key);
 extern void idem_check_not_applying(text *scope, text *key);
+extern void idem_check_writable(text *key);
 
 /* scope.c */
 extern text *idem_current_scope(void);

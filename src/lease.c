@@ -124,16 +124,6 @@ attempt_arg(FunctionCallInfo fcinfo, int argno, bool allow_null)
 	return attempt;
 }
 
-static void
-check_writable(text *key)
-{
-	if (XactReadOnly)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot record key \"%s\" in a read-only transaction",
-						text_to_cstring(key))));
-}
-
 static text *
 copy_text(const text *t)
 {
@@ -240,7 +230,7 @@ begin_write(Ledger *ledger, const LeaseCall *call, const LedgerRow *found,
 {
 	LedgerRow	row;
 
-	check_writable(call->key);
+	idem_check_writable(call->key);
 	memset(&row, 0, sizeof(row));
 	ledger_stamp_row(&row, call->scope, call->key);
 	row.policy = IDEM_LEASE;
@@ -294,26 +284,17 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 	for (;;)
 	{
 		LedgerRow	row;
-		LedgerWriter writer;
-		LedgerProbe probe = ledger_probe(&ledger, call->scope, call->key, &row, &writer);
-		TimestampTz now = GetCurrentTimestamp();
+		LedgerProbe probe = ledger_probe_settled(&ledger, call->scope, call->key, &row,
+												 &locked, idem_wait);
+		TimestampTz now;
 
 		if (probe == LEDGER_BUSY)
 		{
-			if (locked)
-			{
-				ledger_unlock_key(call->scope, call->key);
-				locked = false;
-			}
-			if (!idem_wait)
-			{
-				memset(out, 0, sizeof(LeaseOutcome));
-				out->status = IDEM_IN_PROGRESS;
-				break;
-			}
-			ledger_wait(&ledger, &writer);
-			continue;
+			memset(out, 0, sizeof(LeaseOutcome));
+			out->status = IDEM_IN_PROGRESS;
+			break;
 		}
+		now = GetCurrentTimestamp();
 		if (!begin_decide(call, probe == LEDGER_FOUND && !ledger_row_expired(&row) ? &row : NULL,
 						  now, out))
 			break;
@@ -334,29 +315,6 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 	if (locked)
 		ledger_unlock_key(call->scope, call->key);
 	ledger_close(&ledger);
-}
-
-/*
- * Probe a key under its writers' lock, waiting out other writers whatever
- * idempotent.wait says (the holder of an attempt must learn its fate);
- * returns whether a row was found, expired or not.  The caller unlocks.
- */
-static bool
-probe_locked(Ledger *ledger, const LeaseCall *call, LedgerRow *row)
-{
-	for (;;)
-	{
-		LedgerWriter writer;
-		LedgerProbe probe;
-
-		if (!ledger_lock_key(call->scope, call->key, true))
-			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(call->key));
-		probe = ledger_probe(ledger, call->scope, call->key, row, &writer);
-		if (probe != LEDGER_BUSY)
-			return probe == LEDGER_FOUND;
-		ledger_unlock_key(call->scope, call->key);
-		ledger_wait(ledger, &writer);
-	}
 }
 
 /* Refuse an attempt that does not hold the key (ID003), saying why. */
@@ -409,9 +367,9 @@ lease_complete(const LeaseCall *call)
 						   (Size) VARSIZE(call->result), idem_max_result_bytes),
 				 errhint("Store less, or raise idempotent.max_result_bytes.")));
 	ledger_open(&ledger);
-	found = probe_locked(&ledger, call, &row) && !ledger_row_expired(&row);
+	found = ledger_probe_locked(&ledger, call->scope, call->key, &row) && !ledger_row_expired(&row);
 	check_holder(call, found, &row);
-	check_writable(call->key);
+	idem_check_writable(call->key);
 
 	memset(&done, 0, sizeof(done));
 	ledger_stamp_row(&done, call->scope, call->key);
@@ -536,11 +494,11 @@ lease_fail(const LeaseCall *call, LeaseOutcome *out)
 
 	idem_check_not_applying(call->scope, call->key);
 	ledger_open(&ledger);
-	present = probe_locked(&ledger, call, &row);
+	present = ledger_probe_locked(&ledger, call->scope, call->key, &row);
 	found = present && !ledger_row_expired(&row);
 	if (call->attempt != 0)
 		check_holder(call, found, &row);
-	check_writable(call->key);
+	idem_check_writable(call->key);
 	if (call->attempt != 0)
 		fail_attempt(&ledger, call, &row, GetCurrentTimestamp(), out);
 	else

@@ -746,6 +746,60 @@ ledger_stamp_row(LedgerRow *row, text *scope, text *key)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * The probe step of every writer's loop: probe (scope, key) and, while
+ * another transaction is writing it, wait for that transaction (letting go
+ * of the key's lock first if *locked, since its writer may need it) and
+ * probe again.  Without wait, a busy key is returned as LEDGER_BUSY instead
+ * (the lock let go all the same).
+ */
+LedgerProbe
+ledger_probe_settled(Ledger *ledger, text *scope, text *key, LedgerRow *row,
+					 bool *locked, bool wait)
+{
+	for (;;)
+	{
+		LedgerWriter writer;
+		LedgerProbe probe = ledger_probe(ledger, scope, key, row, &writer);
+
+		if (probe != LEDGER_BUSY)
+			return probe;
+		if (*locked)
+		{
+			ledger_unlock_key(scope, key);
+			*locked = false;
+		}
+		if (!wait)
+			return LEDGER_BUSY;
+		ledger_wait(ledger, &writer);
+	}
+}
+
+/*
+ * Probe (scope, key) under its writers' lock, waiting out other writers
+ * whatever idempotent.wait says; returns whether a row was found, expired or
+ * not.  The caller unlocks.  For operators' functions and lease holders,
+ * which must learn the key's fate.
+ */
+bool
+ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
+{
+	bool		locked = false;
+
+	for (;;)
+	{
+		LedgerProbe probe;
+
+		if (!ledger_lock_key(scope, key, true))
+			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(key));
+		locked = true;
+		probe = ledger_probe_settled(ledger, scope, key, row, &locked, true);
+		if (locked)
+			return probe == LEDGER_FOUND;
+		/* waited for a writer with the lock let go: take it again */
+	}
+}
+
 /* Wait until the transaction writing a busy key has ended. */
 void
 ledger_wait(Ledger *ledger, const LedgerWriter *writer)

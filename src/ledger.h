@@ -74,6 +74,9 @@ extern LedgerProbe ledger_probe(Ledger *ledger, text *scope, text *key,
 extern void ledger_end_probe(Ledger *ledger);
 extern bool ledger_read(Ledger *ledger, text *scope, text *key, LedgerRow *row);
 extern void ledger_wait(Ledger *ledger, const LedgerWriter *writer);
+extern LedgerProbe ledger_probe_settled(Ledger *ledger, text *scope, text *key,
+										LedgerRow *row, bool *locked, bool wait);
+extern bool ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row);
 extern bool ledger_lock_key(text *scope, text *key, bool wait);
 extern void ledger_unlock_key(text *scope, text *key);
 extern void ledger_insert(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
