@@ -64,7 +64,7 @@ declare -A label=(
 
 started=$(date +%s)
 load_at_start=$(cut -d' ' -f1 /proc/loadavg)   # other work on the machine shows in the spread
-idem_ensure_deps gnuplot-nox
+idem_ensure_deps "/usr/bin/gnuplot|gnuplot-nox"
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
 	idem_log "BENCH_SKIP_BUILD=1: using the extension as installed"
 else

@@ -5,7 +5,7 @@
 # Targets Debian 12 with Debian's PostgreSQL 15, run as root (as CI does) or as a user with sudo.
 # Sourcing it turns on `set -euo pipefail`, exports PG_CONFIG and puts PostgreSQL 15's bin/ first
 # on PATH. Functions:
-#   idem_ensure_deps [PKG...]   install what the build and the suites need (plus PKG...) if missing
+#   idem_ensure_deps [FILE|PKG...]  install what the build and the suites need (plus PKG where FILE is missing)
 #                               (PG_BINDIR, PG_PGXS_DIR, PG_INCLUDEDIR_SERVER: where it looks; Debian's
 #                               paths unless set in the environment)
 #   idem_build_install          make clean; make with -Werror; make install (as root)
@@ -58,10 +58,11 @@ idem_as_pg() {
 	fi
 }
 
-# idem_ensure_deps [PKG...]: make sure that every file the build and the suites need is there (the
-# server's programs, its headers, PGXS, pg_regress, pg_isolation_regress, the TAP modules), and
-# IPC::Run, make and gcc, and that the Debian packages PKG... are installed; otherwise apt-get
-# install what provides them, as root or through sudo. Each file is checked by itself, not through
+# idem_ensure_deps [FILE|PKG...]: make sure that every file the build and the suites need is there
+# (the server's programs, its headers, PGXS, pg_regress, pg_isolation_regress, the TAP modules), and
+# IPC::Run, make and gcc, and every FILE a caller names with the Debian package PKG that ships it;
+# otherwise apt-get install what provides them, as root or through sudo. (A bare PKG, for callers
+# that checked their own files already, is installed unless dpkg has it.) Each file is checked by itself, not through
 # another file of the package that used to ship it: in Debian's 15.20, PGXS and the test programs
 # come with postgresql-client-15, and only the headers tell that postgresql-server-dev-15 is there.
 idem_ensure_deps() {
@@ -88,7 +89,11 @@ idem_ensure_deps() {
 	command -v make >/dev/null 2>&1 || pkgs+=(make)
 	command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
 	for p in "$@"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
+		if [[ $p == *'|'* ]]; then
+			[ -e "${p%|*}" ] || { idem_log "missing ${p%|*} (${p##*|})"; pkgs+=("${p##*|}"); }
+		else
+			dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
+		fi
 	done
 	mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | awk 'NF && !seen[$0]++')
 	[ ${#pkgs[@]} -eq 0 ] && return 0

@@ -44,7 +44,7 @@ on_exit() {
 }
 trap on_exit EXIT
 
-idem_ensure_deps postgresql-15-pgq3   # PgQ consumer scenarios (test/t/020)
+idem_ensure_deps "/usr/share/postgresql/15/extension/pgq.control|postgresql-15-pgq3"   # PgQ consumers (test/t/020)
 idem_log "$("$PG_CONFIG" --version); suites: $SUITES; tests run as OS user $IDEM_PG_USER"
 idem_build_install
 

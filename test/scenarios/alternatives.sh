@@ -38,7 +38,8 @@ ROUNDS=${ALT_ROUNDS:-3}
 REDIS_PORT=${IDEM_REDIS_PORT:-56379}
 RUN_SECS=100          # per run, consumers and harness both give up after this
 
-idem_ensure_deps redis-server libhiredis-dev libpq-dev pkg-config gcc make
+idem_ensure_deps "/usr/bin/redis-server|redis-server" "/usr/include/hiredis/hiredis.h|libhiredis-dev" \
+	"/usr/include/postgresql/libpq-fe.h|libpq-dev" "/usr/bin/pkg-config|pkg-config"
 
 TMP=$(idem_tmpdir)
 PIDS=("" "" "")

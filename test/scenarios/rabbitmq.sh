@@ -41,7 +41,8 @@ SEED=${RMQ_SEED:-1}
 ACCOUNTS=100
 RANDOM=$SEED
 
-idem_ensure_deps rabbitmq-server librabbitmq-dev libpq-dev pkg-config
+idem_ensure_deps "$RMQ_SBIN/rabbitmq-server|rabbitmq-server" "/usr/include/amqp.h|librabbitmq-dev" \
+	"/usr/include/postgresql/libpq-fe.h|libpq-dev" "/usr/bin/pkg-config|pkg-config"
 
 # --- work directory, consumers, cleanup ----------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-rabbitmq.XXXXXX)

@@ -58,8 +58,7 @@ PYTHON=/usr/bin/python3
 EXAMPLE=$IDEM_ROOT/examples/rabbitmq-batch
 RANDOM=$SEED
 
-# Debian packages, each checked by the file this script needs from it (idem_ensure_deps checks
-# the packages it is given by their dpkg status only).
+# Debian packages, each checked by the file (or Python module) this script needs from it.
 deps=()
 [ -x "$RMQ_SBIN/rabbitmq-server" ] || deps+=(rabbitmq-server)
 [ -x "$PYTHON" ] && "$PYTHON" -c 'import psycopg' 2>/dev/null || deps+=(python3-psycopg)

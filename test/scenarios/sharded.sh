@@ -50,7 +50,8 @@ ACCOUNTS=100
 PARTITIONS=8
 EXAMPLE=$IDEM_ROOT/examples/sharded
 
-idem_ensure_deps postgresql-15-plproxy libpq-dev
+idem_ensure_deps "${PG_BINDIR%/bin}/lib/plproxy.so|postgresql-15-plproxy" \
+	"/usr/include/postgresql/libpq-fe.h|libpq-dev"
 
 # --- work directory, nodes, cleanup --------------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-sharded.XXXXXX)

@@ -28,15 +28,15 @@ for my $stub (
 	chmod 0755, $path or die "chmod $path: $!";
 }
 
-# ensure_deps(VAR => value, ...): the packages idem_ensure_deps installs with
-# these paths, and its output
+# ensure_deps([ARG, ...], VAR => value, ...): the packages idem_ensure_deps
+# ARG... installs with these paths, and its output
 sub ensure_deps
 {
-	my (%env) = @_;
+	my ($args, %env) = @_;
 	unlink $calls;
 	local %ENV = (%ENV, PATH => "$tmp/bin:$ENV{PATH}", %env);
-	my ($stdout, $stderr) =
-	  run_command([ 'bash', '-c', '. scripts/lib.sh && idem_ensure_deps' ]);
+	my ($stdout, $stderr) = run_command(
+		[ 'bash', '-c', '. scripts/lib.sh && idem_ensure_deps "$@"', 'ensure_deps', @$args ]);
 	my $installed = '';
 	if (-e $calls)
 	{
@@ -45,21 +45,28 @@ sub ensure_deps
 	return ($installed // '', $stdout . $stderr);
 }
 
-my ($installed, $out) = ensure_deps();
+my ($installed, $out) = ensure_deps([]);
 is($installed, '', 'with everything there, nothing is installed');
 
-($installed, $out) = ensure_deps(PG_INCLUDEDIR_SERVER => "$tmp/none");
+($installed, $out) = ensure_deps([], PG_INCLUDEDIR_SERVER => "$tmp/none");
 is($installed, 'postgresql-server-dev-15',
 	'without the server headers, postgresql-server-dev-15 is installed, though PGXS is there');
 like($out, qr{missing \Q$tmp\E/none/postgres\.h \(postgresql-server-dev-15\)},
 	'and the missing header is named');
 
-($installed, $out) = ensure_deps(PG_PGXS_DIR => "$tmp/none");
+($installed, $out) = ensure_deps([], PG_PGXS_DIR => "$tmp/none");
 is($installed, 'postgresql-client-15',
 	'without PGXS and the test programs, postgresql-client-15 is installed, once');
 
-($installed, $out) = ensure_deps(PG_BINDIR => "$tmp/none");
+($installed, $out) = ensure_deps([], PG_BINDIR => "$tmp/none");
 is($installed, 'postgresql-15 postgresql-client-15',
 	'without the server programs and pg_config, postgresql-15 and postgresql-client-15');
+
+# a caller's FILE|PKG: the package is installed when that file is missing, not
+# because another file of it is
+($installed, $out) = ensure_deps([ "$tmp/none/plproxy.so|postgresql-15-plproxy", "$0|libpq-dev" ]);
+is($installed, 'postgresql-15-plproxy',
+	'a caller\'s package is installed when the file it needs is missing, and only then');
+like($out, qr{missing \Q$tmp\E/none/plproxy\.so \(postgresql-15-plproxy\)}, 'and the file is named');
 
 done_testing();
