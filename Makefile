@@ -10,7 +10,7 @@
 
 EXTENSION = idempotent
 MODULE_big = idempotent
-OBJS = src/idempotent.o src/settings.o src/policy.o src/scope.o src/apply.o src/ledger.o src/statement.o src/admin.o src/worker.o src/stats.o src/batch.o src/lease.o
+OBJS = src/idempotent.o src/settings.o src/policy.o src/scope.o src/apply.o src/ledger.o src/key_locks.o src/statement.o src/admin.o src/worker.o src/stats.o src/batch.o src/lease.o
 DATA = idempotent--1.0.sql idempotent--1.0--1.1.sql idempotent--1.1--1.2.sql
 PGFILEDESC = "idempotent - exactly-once effects for message consumers"
 

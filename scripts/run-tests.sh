@@ -153,15 +153,32 @@ run_scenarios() {
 	done
 }
 
-for s in $SUITES; do
+# The isolation specs run twice: as the other suites do, and with the library preloaded, when
+# a writer trusts the probe it made before taking a key's lock if no writer of the key let go of
+# the lock in between (src/key_locks.c); the races are the specs' own.
+runs=()
+for s in regress isolation tap scenarios; do
+	case " $SUITES " in *" $s "*) runs+=("$s") ;; esac
+	if [ "$s" = isolation ] && [ "${runs[-1]:-}" = isolation ]; then runs+=(isolation-preloaded); fi
+done
+
+for s in "${runs[@]}"; do
 	rc=0
+	if [ "$s" = isolation-preloaded ]; then
+		idem_as_pg tee -a "$tmp/data/postgresql.conf" >/dev/null <<-EOF
+			shared_preload_libraries = 'idempotent'
+			idempotent.purge_interval = 0
+		EOF
+		(cd "$tmp" && idem_as_pg pg_ctl -D "$tmp/data" -l "$tmp/server.log" -w -t 60 restart >/dev/null) ||
+			idem_die "the cluster did not restart with the library preloaded; log: $tmp/server.log"
+	fi
 	if [ "$s" = scenarios ]; then
 		run_scenarios
 		continue
 	fi
 	case $s in
 	regress) run_suite regress ISOLATION= TAP_TESTS= || rc=$? ;;
-	isolation) run_suite isolation REGRESS= TAP_TESTS= || rc=$? ;;
+	isolation | isolation-preloaded) run_suite "$s" REGRESS= TAP_TESTS= || rc=$? ;;
 	tap) run_suite tap REGRESS= ISOLATION= || rc=$? ;;
 	esac
 	before=$failed
@@ -169,7 +186,7 @@ for s in $SUITES; do
 	[ "$failed" -eq "$before" ] && continue
 	case $s in
 	regress) show head "$tree/regression.diffs" ;;
-	isolation) show head "$tree/output_iso/regression.diffs" ;;
+	isolation | isolation-preloaded) show head "$tree/output_iso/regression.diffs" ;;
 	tap) mapfile -t files < <(failed_tap_logs) && show tail "${files[@]}" ;;
 	esac
 done

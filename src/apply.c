@@ -6,8 +6,9 @@
  *
  * Reads need no lock: a duplicate, stale or gap outcome is decided from a
  * single index probe and writes nothing.  Only a call that will apply takes
- * the key's writers' lock, probes again under it (another session may have
- * applied in between) and then runs the statement and writes the ledger row.
+ * the key's writers' lock, probes again under it if another session may have
+ * applied in between (ledger_lock_probed_key), and then runs the statement
+ * and writes the ledger row.
  */
 #include "postgres.h"
 
@@ -334,14 +335,18 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 
 		if (!locked)
 		{
-			/* Lock, then probe again: someone may have applied meanwhile. */
-			if (!ledger_lock_key(req->scope, req->key, idem_wait))
+			bool		probe_holds;
+
+			if (!ledger_lock_probed_key(&ledger, req->scope, req->key, idem_wait,
+										&probe_holds))
 			{
 				in_progress(out);
 				break;
 			}
 			locked = true;
-			continue;
+			/* someone may have applied meanwhile: probe again */
+			if (!probe_holds)
+				continue;
 		}
 
 		apply(&ledger, req, probe == LEDGER_FOUND ? &row : NULL, out);

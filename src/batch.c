@@ -154,9 +154,9 @@ any_applies(IdemRequest *req, BatchElem **occ, int n, BatchContext *ctx,
 
 /*
  * Claim one key for its occurrences occ[0..n): the protocol of idem_execute
- * (probe, decide, lock, probe again, write), with every occurrence decided
- * at each step.  Holds the key's writers' lock only between the second probe
- * and the write; waits for a busy key's writer only without it.
+ * (probe, decide, lock, probe again if need be, write), with every occurrence
+ * decided at each step.  Holds the key's writers' lock only from the lock to
+ * the write; waits for a busy key's writer only without it.
  */
 static void
 claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext *ctx)
@@ -193,16 +193,20 @@ claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext
 
 		if (!locked)
 		{
+			bool		probe_holds;
+
 			if (!any_applies(req, occ, n, ctx, against))
 				break;
-			/* Lock, then probe again: someone may have applied meanwhile. */
-			if (!ledger_lock_key(req->scope, req->key, idem_wait))
+			if (!ledger_lock_probed_key(ledger, req->scope, req->key, idem_wait,
+										&probe_holds))
 			{
 				decide_occurrences(req, occ, n, ctx, against, false, NULL);
 				break;
 			}
 			locked = true;
-			continue;
+			/* someone may have applied meanwhile: probe again */
+			if (!probe_holds)
+				continue;
 		}
 
 		if (decide_occurrences(req, occ, n, ctx, against, true, &last))

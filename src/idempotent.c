@@ -17,6 +17,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 
+#include "ledger.h"
 #include "statement.h"
 #include "stats.h"
 #include "worker.h"
@@ -42,6 +43,7 @@ _PG_init(void)
 		if (!IsBinaryUpgrade)
 			idem_register_purge_launcher();
 		idem_stats_init();
+		idem_key_locks_init();
 	}
 }
 

@@ -300,14 +300,18 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 			break;
 		if (!locked)
 		{
-			if (!ledger_lock_key(call->scope, call->key, idem_wait))
+			bool		probe_holds;
+
+			if (!ledger_lock_probed_key(&ledger, call->scope, call->key, idem_wait,
+										&probe_holds))
 			{
 				memset(out, 0, sizeof(LeaseOutcome));
 				out->status = IDEM_IN_PROGRESS;
 				break;
 			}
 			locked = true;
-			continue;
+			if (!probe_holds)
+				continue;
 		}
 		begin_write(&ledger, call, probe == LEDGER_FOUND ? &row : NULL, now, out);
 		break;

@@ -7,13 +7,14 @@
  * writing; the caller waits for those (as a unique index would) or, with
  * idempotent.wait = off, reports the key as in progress.
  *
- * Writers serialize on a short-lived heavyweight lock per key (an advisory
- * lock tag of our own class), taken after the probe decided to apply and
- * released as soon as the ledger row is written, not at commit.  Under that
- * lock a re-probe that finds nothing proves no other transaction can insert
- * the key until we have, so the insert needs neither speculative insertion
- * nor a subtransaction, and the statement runs before the row is written:
- * the ledger row is written once, with its final rows and result.
+ * Writers serialize on a short-lived heavyweight lock per key (key_locks.c),
+ * taken after the probe decided to apply and released as soon as the ledger
+ * row is written, not at commit.  Under that lock, a probe that found nothing
+ * (made under it, or before it when no writer of the key let go of the lock
+ * in between) proves that no other transaction can insert the key until we
+ * have, so the insert needs neither speculative insertion nor a
+ * subtransaction, and the statement runs before the row is written: the
+ * ledger row is written once, with its final rows and result.
  */
 #include "postgres.h"
 
@@ -30,11 +31,9 @@
 #include "catalog/pg_type.h"
 #include "nodes/primnodes.h"
 #include "commands/extension.h"
-#include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
-#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
@@ -95,9 +94,6 @@ static const struct
 	[COL_LEASE_UNTIL] = {"lease_until", TIMESTAMPTZOID, true},	/* 1.2 */
 	[COL_LAST_ERROR] = {"last_error", TEXTOID, true},	/* 1.2 */
 };
-
-/* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
-#define IDEM_KEY_LOCK_CLASS		0x1DE
 
 /* An index on the ledger and what inserting into it needs (see insert_index_entries). */
 typedef struct LedgerIndex
@@ -415,6 +411,7 @@ ledger_open(Ledger *ledger)
 	ledger->index = index_open(cache.pkey, RowExclusiveLock);
 	ledger->slot = table_slot_create(ledger->heap, NULL);
 	ledger->scan = NULL;
+	ledger->probe_counted = false;
 }
 
 /*
@@ -564,6 +561,7 @@ ledger_probe(Ledger *ledger, text *scope, text *key, LedgerRow *row,
 	TupleTableSlot *slot = ledger->slot;
 	LedgerProbe result = LEDGER_ABSENT;
 
+	ledger->probe_counted = key_lock_releases(scope, key, &ledger->releases_at_probe);
 	if (IsolationIsSerializable())
 		predicate_lock_key(ledger, skey, nkeys, slot);
 	if (ledger->scan == NULL)
@@ -800,6 +798,26 @@ ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
 	}
 }
 
+/*
+ * Take the writers' lock of the key the last probe looked up; false if it is
+ * busy and we may not wait.  *probe_holds tells whether what that probe found
+ * still holds: no writer of the key let go of its lock since the probe began
+ * (key_locks.c).  Otherwise the caller probes again, under the lock.
+ */
+bool
+ledger_lock_probed_key(Ledger *ledger, text *scope, text *key, bool wait,
+					   bool *probe_holds)
+{
+	uint64		releases;
+
+	if (!ledger_lock_key(scope, key, wait))
+		return false;
+	*probe_holds = ledger->probe_counted &&
+		key_lock_releases(scope, key, &releases) &&
+		releases == ledger->releases_at_probe;
+	return true;
+}
+
 /* Wait until the transaction writing a busy key has ended. */
 void
 ledger_wait(Ledger *ledger, const LedgerWriter *writer)
@@ -808,40 +826,6 @@ ledger_wait(Ledger *ledger, const LedgerWriter *writer)
 		SpeculativeInsertionWait(writer->xid, writer->spec_token);
 	else
 		XactLockTableWait(writer->xid, ledger->heap, NULL, XLTW_None);
-}
-
-/* The lock tag of (scope, key); the shared scope's keys hash as in 1.1. */
-static void
-key_locktag(LOCKTAG *tag, text *scope, text *key)
-{
-	uint64		hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
-										   VARSIZE_ANY_EXHDR(key), 0);
-
-	if (VARSIZE_ANY_EXHDR(scope) > 0)
-		hash = hash_combine64(hash,
-							  hash_bytes_extended((const unsigned char *) VARDATA_ANY(scope),
-												  VARSIZE_ANY_EXHDR(scope), 0));
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (hash >> 32),
-						 (uint32) hash, IDEM_KEY_LOCK_CLASS);
-}
-
-/* Take the writers' lock on a key; false if busy and we may not wait. */
-bool
-ledger_lock_key(text *scope, text *key, bool wait)
-{
-	LOCKTAG		tag;
-
-	key_locktag(&tag, scope, key);
-	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
-}
-
-void
-ledger_unlock_key(text *scope, text *key)
-{
-	LOCKTAG		tag;
-
-	key_locktag(&tag, scope, key);
-	LockRelease(&tag, ExclusiveLock, false);
 }
 
 /* Set a column's value in arrays laid out as the ledger's tuple descriptor. */

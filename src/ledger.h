@@ -22,6 +22,8 @@ typedef struct Ledger
 	TupleTableSlot *slot;
 	SnapshotData dirty;			/* reports who is writing a probed row */
 	IndexScanDesc scan;			/* begun by the first probe */
+	bool		probe_counted;	/* releases_at_probe is known (key_locks.c) */
+	uint64		releases_at_probe;	/* of the last probed key's lock */
 } Ledger;
 
 /* One ledger row, as read by a probe or about to be written. */
@@ -77,8 +79,14 @@ extern void ledger_wait(Ledger *ledger, const LedgerWriter *writer);
 extern LedgerProbe ledger_probe_settled(Ledger *ledger, text *scope, text *key,
 										LedgerRow *row, bool *locked, bool wait);
 extern bool ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row);
+extern bool ledger_lock_probed_key(Ledger *ledger, text *scope, text *key, bool wait,
+								   bool *probe_holds);
+
+/* key_locks.c: the writers' lock of a key, and the count of its releases */
+extern void idem_key_locks_init(void);
 extern bool ledger_lock_key(text *scope, text *key, bool wait);
 extern void ledger_unlock_key(text *scope, text *key);
+extern bool key_lock_releases(text *scope, text *key, uint64 *releases);
 extern void ledger_insert(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
 extern void ledger_update(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
 extern bool ledger_delete(Ledger *ledger, ItemPointer tid, bool wait);
