@@ -916,12 +916,16 @@ insert_index_entries(Ledger *ledger, HeapTuple tuple)
 	for (int i = 0; i < cache.nindexes; i++)
 	{
 		LedgerIndex *li = &cache.indexes[i];
-		Relation	index = li->oid == RelationGetRelid(ledger->index) ? ledger->index :
-			index_open(li->oid, RowExclusiveLock);
+		Relation	index;
 		Datum		values[INDEX_MAX_KEYS];
 		bool		nulls[INDEX_MAX_KEYS];
 
-		if (index->rd_index->indisready && predicate_holds(li->info->ii_Predicate, tuple))
+		/* most keys have no expiry: their row is not in the expiry index */
+		if (!predicate_holds(li->info->ii_Predicate, tuple))
+			continue;
+		index = li->oid == RelationGetRelid(ledger->index) ? ledger->index :
+			index_open(li->oid, RowExclusiveLock);
+		if (index->rd_index->indisready)
 		{
 			/* an access method's per-statement state must not outlive the call */
 			IndexInfo	info = *li->info;
