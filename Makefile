@@ -6,6 +6,7 @@
 #   make demo         payment stream through idem_apply beside a naive consumer
 #   make bench        cost per call against the bare statement, growth, pgbench, batches
 #   make bench-purge  purge rate, and call latency while a purge runs
+#   make bench-profile the paths of make bench in CPU instructions (callgrind), repeatable
 #   make installcheck run the suites against a server that is already running
 
 EXTENSION = idempotent
@@ -39,7 +40,7 @@ include $(PGXS)
 # every object sees the shared structs: rebuild them all when a header changes
 $(OBJS): $(wildcard src/*.h)
 
-.PHONY: test demo bench bench-purge deb
+.PHONY: test demo bench bench-purge bench-profile deb
 test:
 	scripts/run-tests.sh
 
@@ -51,6 +52,9 @@ bench:
 
 bench-purge:
 	scripts/bench-purge.sh
+
+bench-profile:
+	scripts/bench-profile.sh
 
 deb:
 	scripts/deb.sh

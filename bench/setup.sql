@@ -267,6 +267,8 @@ BEGIN
     vals := ARRAY(SELECT b::bigint * size + g FROM generate_series(1, size) g);
     t0 := clock_timestamp();
     CASE path
+    WHEN 'none' THEN
+      NULL;  -- the keys alone (make bench-profile subtracts them)
     WHEN 'bare' THEN
       INSERT INTO bench.t (k, v) SELECT m.k, m.v FROM unnest(keys, vals) AS m(k, v);
     WHEN 'pattern' THEN

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# scripts/bench-profile.sh: what `make bench-profile` runs. The paths of `make bench`, counted in
+# CPU instructions instead of timed: each runs in a single-user backend under callgrind, on a fresh
+# copy of one prepared cluster, and only the instructions spent inside the measuring PL/pgSQL
+# function are counted. Instruction counts do not depend on what else the machine is doing, so
+# the ratios against the bare statement repeat from run to run (time also depends on cache misses,
+# which callgrind does not count: read these beside `make bench`, not instead of it).
+# Prints a table and writes it to bench/results/profile.txt, and keeps each path's callgrind
+# output in bench/results/callgrind/ for callgrind_annotate.
+#   PROFILE_CALLS=5000   calls per single-call path
+#   PROFILE_BATCHES=5    batches of 1000 messages per batch path
+#   BENCH_SKIP_BUILD=1   use the extension as installed, without building it
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+calls=${PROFILE_CALLS:-5000}
+batches=${PROFILE_BATCHES:-5}
+for v in calls batches; do
+	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || idem_die "$v must be a positive integer (got '${!v}')"
+done
+out_dir=$IDEM_ROOT/bench/results
+
+idem_ensure_deps "/usr/bin/valgrind|valgrind"
+if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
+	idem_log "BENCH_SKIP_BUILD=1: using the extension as installed"
+else
+	idem_build_install
+fi
+
+tmp=$(idem_tmpdir)
+trap 'idem_cluster_stop "$tmp"' EXIT
+# As `make bench` runs it: preloaded, statistics on, purge worker off.
+idem_cluster_start "$tmp" "shared_preload_libraries = 'idempotent'
+idempotent.purge_interval = 0
+autovacuum = off
+jit = off"
+cp "$IDEM_ROOT/bench/setup.sql" "$tmp/"
+if idem_is_root; then chown postgres: "$tmp/setup.sql"; fi
+sql() { idem_as_pg psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+sql -c "CREATE DATABASE profile"
+# The keys the duplicate paths find, committed beforehand.
+sql -d profile -f "$tmp/setup.sql" \
+	-c "SELECT bench.run_apply('dupk', $calls, NULL)" \
+	-c "SELECT bench.run_batch('pattern', 'pdup', $batches, 1000)" \
+	-c "SELECT bench.run_batch('claim', 'cdup', $batches, 1000)" >/dev/null
+idem_as_pg pg_ctl -D "$tmp/data" -w stop >/dev/null
+
+# path NAME: the SQL that runs it
+declare -A run=(
+	[overhead]="bench.run_overhead('ovhd', $calls)"
+	[bare]="bench.run_bare('bare', $calls)"
+	[record]="bench.run_record('recd', $calls)"
+	[once_new]="bench.run_apply('once', $calls, NULL)"
+	[once_dup]="bench.run_apply('dupk', $calls, NULL)"
+	[claim_new]="bench.run_claim('clam', $calls)"
+	[batch_none]="bench.run_batch('none', 'bnon', $batches, 1000)"
+	[batch_bare]="bench.run_batch('bare', 'bbar', $batches, 1000)"
+	[batch_pattern_new]="bench.run_batch('pattern', 'bpat', $batches, 1000)"
+	[batch_pattern_dup]="bench.run_batch('pattern', 'pdup', $batches, 1000)"
+	[batch_claim_new]="bench.run_batch('claim', 'bcla', $batches, 1000)"
+	[batch_claim_dup]="bench.run_batch('claim', 'cdup', $batches, 1000)"
+)
+paths=(overhead bare record once_new once_dup claim_new batch_none batch_bare batch_pattern_new
+	batch_pattern_dup batch_claim_new batch_claim_dup)
+
+# profile NAME: callgrind one path on its own copy of the cluster; instructions in the function
+mkdir -p "$out_dir/callgrind"
+if idem_is_root; then chown postgres: "$out_dir/callgrind"; fi
+profile() {
+	local name=$1 data=$tmp/data.$1
+	idem_as_pg cp -a "$tmp/data" "$data"
+	idem_as_pg valgrind --tool=callgrind --collect-atstart=no --toggle-collect=plpgsql_call_handler \
+		--callgrind-out-file="$out_dir/callgrind/$name.out" \
+		postgres --single -D "$data" profile <<<"SELECT ${run[$name]};" >"$tmp/$name.log" 2>&1 ||
+		{ tail -n 20 "$tmp/$name.log" >&2; idem_die "path $name failed under callgrind"; }
+	rm -rf "$data"
+}
+
+idem_log "callgrind, $calls calls per single-call path, $batches x 1000 messages per batch path"
+for ((i = 0; i < ${#paths[@]}; i += 2)); do   # two at a time
+	profile "${paths[$i]}" &
+	if ((i + 1 < ${#paths[@]})); then profile "${paths[$((i + 1))]}"; fi
+	wait $! || idem_die "a profile failed"
+done
+
+declare -A per
+for p in "${paths[@]}"; do
+	total=$(sed -n 's/^summary: //p' "$out_dir/callgrind/$p.out")
+	[[ $total =~ ^[0-9]+$ ]] || idem_die "no instruction count for $p"
+	case $p in batch_*) n=$((batches * 1000)) ;; *) n=$calls ;; esac
+	per[$p]=$((total / n))
+done
+
+calc() { awk "BEGIN { printf \"${2:-%.2f}\", $1 }"; }
+# row LABEL PATH BASE LOOP: instructions per call less LOOP's (the loop and key generation), and
+# the ratio to BASE's
+row() {
+	local own=$(( ${per[$2]} - $4 )) base=$(( ${per[$3]} - $4 ))
+	printf '  %-52s %9s %8s\n' "$1" "$own" "$(calc "$own / $base")"
+}
+{
+	printf 'idempotent instruction profile (make bench-profile), %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+	printf '  %s, library preloaded; built from commit %s\n' "$(postgres --version)" \
+		"$(git -C "$IDEM_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	printf 'Instructions per call inside the measuring function, without its loop and key\n'
+	printf 'generation (%s per call, %s per batch message); ratio to the bare statement.\n' \
+		"${per[overhead]}" "${per[batch_none]}"
+	printf '  %-52s %9s %8s\n' path instr 'x bare'
+	row 'bare INSERT (static SQL)' bare bare "${per[overhead]}"
+	row 'key alone: ledger-shaped INSERT (SQL)' record bare "${per[overhead]}"
+	row 'idem_apply once, new key' once_new bare "${per[overhead]}"
+	row 'idem_apply once, duplicate' once_dup bare "${per[overhead]}"
+	row 'idem_claim, new key' claim_new bare "${per[overhead]}"
+	row 'batch: bare INSERT ... SELECT FROM unnest' batch_bare batch_bare "${per[batch_none]}"
+	row 'batch: SQL pattern, new' batch_pattern_new batch_bare "${per[batch_none]}"
+	row 'batch: SQL pattern, duplicate' batch_pattern_dup batch_bare "${per[batch_none]}"
+	row 'batch: idem_claim_batch + one INSERT, new' batch_claim_new batch_bare "${per[batch_none]}"
+	row 'batch: idem_claim_batch + one INSERT, duplicate' batch_claim_dup batch_bare "${per[batch_none]}"
+	printf '(callgrind_annotate --inclusive=yes bench/results/callgrind/PATH.out shows where each goes)\n'
+} >"$tmp/profile.txt"
+cp "$tmp/profile.txt" "$out_dir/profile.txt"
+cat "$out_dir/profile.txt"
