@@ -671,7 +671,17 @@ restamp_keys(void)
 		if (!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data)))
 			continue;
 		row.expires_at += now - first_stamp;	/* the same TTL, from now */
+
+		/*
+		 * Under the key's lock, as every write of a key a writer could have
+		 * probed: its release is counted (key_locks.c), and nobody probes
+		 * under the lock while the row is replaced.  Nobody holding the lock
+		 * waits for this transaction, whose row of the key they would see.
+		 */
+		if (!ledger_lock_key(sk->scope, sk->key, true))
+			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(sk->key));
 		ledger_update(&ledger, sk->scope, sk->key, &row);
+		ledger_unlock_key(sk->scope, sk->key);
 	}
 	ledger_close(&ledger);
 }
@@ -958,8 +968,9 @@ ledger_insert(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
 
 /*
  * Replace the row a probe found at row->tid; the caller holds the key's lock,
- * so only a writer that does not take it (a manual DELETE or UPDATE by a
- * superuser) can have changed the row meanwhile.
+ * so only a writer that does not take it (a purge deleting an expired key, or
+ * a manual DELETE or UPDATE by a superuser) can have changed the row
+ * meanwhile.
  */
 void
 ledger_update(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
