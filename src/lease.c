@@ -9,9 +9,10 @@
  * idem_fail, each in a transaction of its own.  The attempt number is a
  * fencing token: only the attempt that holds the key may end it, so a slow
  * worker whose lease was taken over can never overwrite a newer attempt's
- * outcome.  Writers take the key's writers' lock and probe again under it,
- * as apply.c does, so that of concurrent begins exactly one starts an
- * attempt; the others wait for its transaction and then see its lease.
+ * outcome.  Writers take the key's writers' lock and probe again under it
+ * unless the probe before it still holds, as apply.c does, so that of
+ * concurrent begins exactly one starts an attempt; the others wait for its
+ * transaction and then see its lease.
  *
  * idem_fail without an attempt counts a failure of an ordinary key (the
  * transaction of a message whose idem_apply failed rolled back); once a key
@@ -269,9 +270,10 @@ begin_write(Ledger *ledger, const LeaseCall *call, const LedgerRow *found,
 
 /*
  * idem_begin's protocol, as apply.c's: probe, decide, and only to write, lock
- * the key and probe again under the lock.  A key another transaction is
- * writing is waited for (or, with idempotent.wait off, reported in progress
- * without its lease).
+ * the key and probe again under the lock if need be.  A key another
+ * transaction is writing is waited for (or, with idempotent.wait off,
+ * reported in progress without its lease).  A lease counts from when the
+ * key's lock is held: taking it may have waited for the lease's length.
  */
 static void
 lease_begin(const LeaseCall *call, LeaseOutcome *out)
@@ -312,6 +314,11 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 			locked = true;
 			if (!probe_holds)
 				continue;
+			/* decide again at the time the lock was taken */
+			now = GetCurrentTimestamp();
+			if (!begin_decide(call, probe == LEDGER_FOUND && !ledger_row_expired(&row) ? &row : NULL,
+							  now, out))
+				break;
 		}
 		begin_write(&ledger, call, probe == LEDGER_FOUND ? &row : NULL, now, out);
 		break;
