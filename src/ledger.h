@@ -81,12 +81,6 @@ extern LedgerProbe ledger_probe_settled(Ledger *ledger, text *scope, text *key,
 extern bool ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row);
 extern bool ledger_lock_probed_key(Ledger *ledger, text *scope, text *key, bool wait,
 								   bool *probe_holds);
-
-/* key_locks.c: the writers' lock of a key, and the count of its releases */
-extern void idem_key_locks_init(void);
-extern bool ledger_lock_key(text *scope, text *key, bool wait);
-extern void ledger_unlock_key(text *scope, text *key);
-extern bool key_lock_releases(text *scope, text *key, uint64 *releases);
 extern void ledger_insert(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
 extern void ledger_update(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
 extern bool ledger_delete(Ledger *ledger, ItemPointer tid, bool wait);
@@ -94,6 +88,12 @@ extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text 
 extern bool ledger_row_expired(const LedgerRow *row);
 extern void ledger_stamp_row(LedgerRow *row, text *scope, text *key);
 extern bool ledger_stores_leases(void);
+
+/* key_locks.c: the writers' lock of a key, and the count of its releases */
+extern void idem_key_locks_init(void);
+extern bool ledger_lock_key(text *scope, text *key, bool wait);
+extern void ledger_unlock_key(text *scope, text *key);
+extern bool key_lock_releases(text *scope, text *key, uint64 *releases);
 
 /* apply.c: the protocol's steps that idem_claim_batch (batch.c) shares */
 extern bool idem_decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out);
