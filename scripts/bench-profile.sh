@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # scripts/bench-profile.sh: what `make bench-profile` runs. The paths of `make bench`, counted in
 # CPU instructions instead of timed: each runs in a single-user backend under callgrind, on a fresh
-# copy of one prepared cluster, and only the instructions spent inside the measuring PL/pgSQL
-# function are counted. Instruction counts do not depend on what else the machine is doing, so
+# copy of one prepared cluster (library preloaded, as make bench has it; two paths also without),
+# and only the instructions spent inside the measuring PL/pgSQL function are counted. Instruction counts do not depend on what else the machine is doing, so
 # the ratios against the bare statement repeat from run to run (time also depends on cache misses,
 # which callgrind does not count: read these beside `make bench`, not instead of it).
 # Prints a table and writes it to bench/results/profile.txt, and keeps each path's callgrind
@@ -53,6 +53,8 @@ declare -A run=(
 	[once_new]="bench.run_apply('once', $calls, NULL)"
 	[once_dup]="bench.run_apply('dupk', $calls, NULL)"
 	[claim_new]="bench.run_claim('clam', $calls)"
+	[once_new_np]="bench.run_apply('once', $calls, NULL)"
+	[claim_new_np]="bench.run_claim('clam', $calls)"
 	[batch_none]="bench.run_batch('none', 'bnon', $batches, 1000)"
 	[batch_bare]="bench.run_batch('bare', 'bbar', $batches, 1000)"
 	[batch_pattern_new]="bench.run_batch('pattern', 'bpat', $batches, 1000)"
@@ -60,18 +62,20 @@ declare -A run=(
 	[batch_claim_new]="bench.run_batch('claim', 'bcla', $batches, 1000)"
 	[batch_claim_dup]="bench.run_batch('claim', 'cdup', $batches, 1000)"
 )
-paths=(overhead bare record once_new once_dup claim_new batch_none batch_bare batch_pattern_new
-	batch_pattern_dup batch_claim_new batch_claim_dup)
+paths=(overhead bare record once_new once_dup claim_new once_new_np claim_new_np batch_none batch_bare
+	batch_pattern_new batch_pattern_dup batch_claim_new batch_claim_dup)
 
-# profile NAME: callgrind one path on its own copy of the cluster; instructions in the function
+# profile NAME: callgrind one path on its own copy of the cluster; instructions in the function.
+# Paths named *_np run with the library not preloaded.
 mkdir -p "$out_dir/callgrind"
 if idem_is_root; then chown postgres: "$out_dir/callgrind"; fi
 profile() {
-	local name=$1 data=$tmp/data.$1
+	local name=$1 data=$tmp/data.$1 opts=()
+	case $name in *_np) opts=(-c shared_preload_libraries=) ;; esac
 	idem_as_pg cp -a "$tmp/data" "$data"
 	idem_as_pg valgrind --tool=callgrind --collect-atstart=no --toggle-collect=plpgsql_call_handler \
 		--callgrind-out-file="$out_dir/callgrind/$name.out" \
-		postgres --single -D "$data" profile <<<"SELECT ${run[$name]};" >"$tmp/$name.log" 2>&1 ||
+		postgres --single -D "$data" "${opts[@]}" profile <<<"SELECT ${run[$name]};" >"$tmp/$name.log" 2>&1 ||
 		{ tail -n 20 "$tmp/$name.log" >&2; idem_die "path $name failed under callgrind"; }
 	rm -rf "$data"
 }
@@ -111,6 +115,8 @@ row() {
 	row 'idem_apply once, new key' once_new bare "${per[overhead]}"
 	row 'idem_apply once, duplicate' once_dup bare "${per[overhead]}"
 	row 'idem_claim, new key' claim_new bare "${per[overhead]}"
+	row 'idem_apply once, new key, library not preloaded' once_new_np bare "${per[overhead]}"
+	row 'idem_claim, new key, library not preloaded' claim_new_np bare "${per[overhead]}"
 	row 'batch: bare INSERT ... SELECT FROM unnest' batch_bare batch_bare "${per[batch_none]}"
 	row 'batch: SQL pattern, new' batch_pattern_new batch_bare "${per[batch_none]}"
 	row 'batch: SQL pattern, duplicate' batch_pattern_dup batch_bare "${per[batch_none]}"
