@@ -78,7 +78,7 @@ idem_forget(PG_FUNCTION_ARGS)
 	ledger_open(&ledger);
 	if (ledger_probe_locked(&ledger, scope, key, &row))
 		forgotten = ledger_delete(&ledger, &row.tid, true);
-	ledger_unlock_key(scope, key);
+	idem_key_unlock(scope, key);
 	ledger_close(&ledger);
 	CommandCounterIncrement();
 
@@ -163,7 +163,7 @@ idem_reset(PG_FUNCTION_ARGS)
 		ledger_update(&ledger, scope, key, &row);
 	else
 		ledger_insert(&ledger, scope, key, &row);
-	ledger_unlock_key(scope, key);
+	idem_key_unlock(scope, key);
 	ledger_close(&ledger);
 
 	ereport(LOG,

@@ -354,6 +354,6 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 	}
 
 	if (locked)
-		ledger_unlock_key(req->scope, req->key);
+		idem_key_unlock(req->scope, req->key);
 	ledger_close(&ledger);
 }

@@ -224,7 +224,7 @@ claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext
 	}
 
 	if (locked)
-		ledger_unlock_key(req->scope, req->key);
+		idem_key_unlock(req->scope, req->key);
 }
 
 /* Claim every key of the batch, in the order of their bytes. */

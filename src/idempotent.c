@@ -17,7 +17,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 
-#include "ledger.h"
+#include "key_locks.h"
 #include "statement.h"
 #include "stats.h"
 #include "worker.h"

@@ -16,13 +16,14 @@
  * a key's row does so under the key's lock, and the release that counts it
  * comes after the write (ledger.c's restamp at commit included).  Only purges
  * write without it, and they only delete expired rows, which a probe takes
- * for absent keys.  A writer reads its key's counter before it probes and
+ * for absent keys (and so does a superuser's DELETE or UPDATE of the ledger
+ * by hand, which ledger_update() copes with as it always has).  A writer reads its key's counter before it probes and
  * again once it holds the lock: if the count is the same, no holder of a lock
  * of that slot let go of it in between, so no write of the key can have
  * become visible after the probe began, and what the probe found still
  * holds.  (procarray.c reuses snapshots on the same reasoning with
  * xactCompletionCount.)  Keys that share a slot only cost each other a second
- * probe.  A lock released by an abort is not counted, and needs not be: what
+ * probe.  A lock released by an abort is not counted, and need not be: what
  * its holder wrote is rolled back.  A writer that trusts its probe after
  * waiting for the lock has not looked at the clock meanwhile either: what it
  * decides by the time (a lease) is decided again.
@@ -37,7 +38,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 
-#include "ledger.h"
+#include "key_locks.h"
 
 /* field4 of the advisory lock tags we use for keys (user locks use 1 and 2) */
 #define IDEM_KEY_LOCK_CLASS		0x1DE
@@ -84,7 +85,7 @@ idem_key_locks_init(void)
 	shmem_startup_hook = key_locks_shmem_startup;
 }
 
-/* The hash of (scope, key); the shared scope's keys hash as in 1.1. */
+/* The hash of (scope, key); the shared scope's keys hash as in 1.1 (lock tags too). */
 static uint64
 key_hash(text *scope, text *key)
 {
@@ -98,6 +99,7 @@ key_hash(text *scope, text *key)
 	return hash;
 }
 
+/* The lock tag of a key's hash: an advisory tag of our own class, per database. */
 static void
 key_locktag(LOCKTAG *tag, uint64 hash)
 {
@@ -105,6 +107,7 @@ key_locktag(LOCKTAG *tag, uint64 hash)
 						 (uint32) hash, IDEM_KEY_LOCK_CLASS);
 }
 
+/* The counter of the releases of a key's lock, and of the others in its slot. */
 static inline pg_atomic_uint64 *
 release_counter(uint64 hash)
 {
@@ -113,7 +116,7 @@ release_counter(uint64 hash)
 
 /* Take the writers' lock on a key; false if busy and we may not wait. */
 bool
-ledger_lock_key(text *scope, text *key, bool wait)
+idem_key_lock(text *scope, text *key, bool wait)
 {
 	LOCKTAG		tag;
 
@@ -123,7 +126,7 @@ ledger_lock_key(text *scope, text *key, bool wait)
 
 /* Let go of a key's writers' lock, counting the release. */
 void
-ledger_unlock_key(text *scope, text *key)
+idem_key_unlock(text *scope, text *key)
 {
 	uint64		hash = key_hash(scope, key);
 	LOCKTAG		tag;
@@ -142,7 +145,7 @@ ledger_unlock_key(text *scope, text *key)
  * after (the probe's reads of the index).
  */
 bool
-key_lock_releases(text *scope, text *key, uint64 *releases)
+idem_key_releases(text *scope, text *key, uint64 *releases)
 {
 	if (key_releases == NULL)
 		return false;

@@ -324,7 +324,7 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 		break;
 	}
 	if (locked)
-		ledger_unlock_key(call->scope, call->key);
+		idem_key_unlock(call->scope, call->key);
 	ledger_close(&ledger);
 }
 
@@ -393,7 +393,7 @@ lease_complete(const LeaseCall *call)
 	done.last_error = row.last_error;
 	done.result = call->result;
 	ledger_update(&ledger, call->scope, call->key, &done);
-	ledger_unlock_key(call->scope, call->key);
+	idem_key_unlock(call->scope, call->key);
 	ledger_close(&ledger);
 }
 
@@ -514,7 +514,7 @@ lease_fail(const LeaseCall *call, LeaseOutcome *out)
 		fail_attempt(&ledger, call, &row, GetCurrentTimestamp(), out);
 	else
 		fail_message(&ledger, call, present, found, &row, out);
-	ledger_unlock_key(call->scope, call->key);
+	idem_key_unlock(call->scope, call->key);
 	ledger_close(&ledger);
 }
 

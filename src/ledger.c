@@ -10,8 +10,8 @@
  * Writers serialize on a short-lived heavyweight lock per key (key_locks.c),
  * taken after the probe decided to apply and released as soon as the ledger
  * row is written, not at commit.  Under that lock, a probe that found nothing
- * (made under it, or before it when no writer of the key let go of the lock
- * in between) proves that no other transaction can insert the key until we
+ * (made under it, or before it when no release of the lock was counted in
+ * between) proves that no other transaction can insert the key until we
  * have, so the insert needs neither speculative insertion nor a
  * subtransaction, and the statement runs before the row is written: the
  * ledger row is written once, with its final rows and result.
@@ -561,7 +561,7 @@ ledger_probe(Ledger *ledger, text *scope, text *key, LedgerRow *row,
 	TupleTableSlot *slot = ledger->slot;
 	LedgerProbe result = LEDGER_ABSENT;
 
-	ledger->probe_counted = key_lock_releases(scope, key, &ledger->releases_at_probe);
+	ledger->probe_counted = idem_key_releases(scope, key, &ledger->releases_at_probe);
 	if (IsolationIsSerializable())
 		predicate_lock_key(ledger, skey, nkeys, slot);
 	if (ledger->scan == NULL)
@@ -678,10 +678,9 @@ restamp_keys(void)
 		 * under the lock while the row is replaced.  Nobody holding the lock
 		 * waits for this transaction, whose row of the key they would see.
 		 */
-		if (!ledger_lock_key(sk->scope, sk->key, true))
-			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(sk->key));
+		(void) idem_key_lock(sk->scope, sk->key, true);
 		ledger_update(&ledger, sk->scope, sk->key, &row);
-		ledger_unlock_key(sk->scope, sk->key);
+		idem_key_unlock(sk->scope, sk->key);
 	}
 	ledger_close(&ledger);
 }
@@ -774,7 +773,7 @@ ledger_probe_settled(Ledger *ledger, text *scope, text *key, LedgerRow *row,
 			return probe;
 		if (*locked)
 		{
-			ledger_unlock_key(scope, key);
+			idem_key_unlock(scope, key);
 			*locked = false;
 		}
 		if (!wait)
@@ -798,8 +797,7 @@ ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
 	{
 		LedgerProbe probe;
 
-		if (!ledger_lock_key(scope, key, true))
-			elog(ERROR, "could not lock key \"%s\"", text_to_cstring(key));
+		(void) idem_key_lock(scope, key, true);	/* waits; never refused */
 		locked = true;
 		probe = ledger_probe_settled(ledger, scope, key, row, &locked, true);
 		if (locked)
@@ -811,7 +809,7 @@ ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
 /*
  * Take the writers' lock of the key the last probe looked up; false if it is
  * busy and we may not wait.  *probe_holds tells whether what that probe found
- * still holds: no writer of the key let go of its lock since the probe began
+ * still holds: no release of the key's lock was counted since the probe began
  * (key_locks.c).  Otherwise the caller probes again, under the lock.
  */
 bool
@@ -820,10 +818,10 @@ ledger_lock_probed_key(Ledger *ledger, text *scope, text *key, bool wait,
 {
 	uint64		releases;
 
-	if (!ledger_lock_key(scope, key, wait))
+	if (!idem_key_lock(scope, key, wait))
 		return false;
 	*probe_holds = ledger->probe_counted &&
-		key_lock_releases(scope, key, &releases) &&
+		idem_key_releases(scope, key, &releases) &&
 		releases == ledger->releases_at_probe;
 	return true;
 }

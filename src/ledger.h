@@ -6,6 +6,7 @@
 #define IDEM_LEDGER_H
 
 #include "idempotent.h"
+#include "key_locks.h"
 
 #include "access/genam.h"
 #include "executor/tuptable.h"
@@ -88,12 +89,6 @@ extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text 
 extern bool ledger_row_expired(const LedgerRow *row);
 extern void ledger_stamp_row(LedgerRow *row, text *scope, text *key);
 extern bool ledger_stores_leases(void);
-
-/* key_locks.c: the writers' lock of a key, and the count of its releases */
-extern void idem_key_locks_init(void);
-extern bool ledger_lock_key(text *scope, text *key, bool wait);
-extern void ledger_unlock_key(text *scope, text *key);
-extern bool key_lock_releases(text *scope, text *key, uint64 *releases);
 
 /* apply.c: the protocol's steps that idem_claim_batch (batch.c) shares */
 extern bool idem_decide(const IdemRequest *req, const LedgerRow *row, IdemOutcome *out);
