@@ -8,10 +8,12 @@
 #   KEEP_TMP=1                      keep the temp dir (tree copy, logs, cluster) even on success
 #   IDEM_SUITE_TIMEOUT=1800         seconds one suite may take before it is stopped and failed
 #   IDEM_PG_CONF="a = 1"            extra postgresql.conf lines for the regress/isolation cluster
+#                                   (the preloaded isolation run then sets shared_preload_libraries
+#                                   to 'idempotent' alone)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SUITES=${SUITES:-regress isolation tap scenarios}
+SUITES=$(printf '%s ' ${SUITES:-regress isolation tap scenarios})   # spaces only
 suite_timeout=${IDEM_SUITE_TIMEOUT:-1800}
 [[ $suite_timeout =~ ^[1-9][0-9]*$ ]] || idem_die "IDEM_SUITE_TIMEOUT must be a number of seconds"
 for s in $SUITES; do
@@ -181,7 +183,9 @@ for s in "${runs[@]}"; do
 	fi
 	case $s in
 	regress) run_suite regress ISOLATION= TAP_TESTS= || rc=$? ;;
-	isolation | isolation-preloaded) run_suite "$s" REGRESS= TAP_TESTS= || rc=$? ;;
+	isolation) run_suite "$s" REGRESS= TAP_TESTS= || rc=$? ;;
+	isolation-preloaded)
+		run_suite "$s" REGRESS= TAP_TESTS= EXTRA_REGRESS_OPTS=--outputdir=output_iso_preloaded || rc=$? ;;
 	tap) run_suite tap REGRESS= ISOLATION= || rc=$? ;;
 	esac
 	before=$failed
@@ -189,7 +193,8 @@ for s in "${runs[@]}"; do
 	[ "$failed" -eq "$before" ] && continue
 	case $s in
 	regress) show head "$tree/regression.diffs" ;;
-	isolation | isolation-preloaded) show head "$tree/output_iso/regression.diffs" ;;
+	isolation) show head "$tree/output_iso/regression.diffs" ;;
+	isolation-preloaded) show head "$tree/output_iso_preloaded/regression.diffs" ;;
 	tap) mapfile -t files < <(failed_tap_logs) && show tail "${files[@]}" ;;
 	esac
 done
