@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # scripts/bench-profile.sh: what `make bench-profile` runs. The paths of `make bench`, counted in
-# CPU instructions instead of timed: each runs in a single-user backend under callgrind, on a fresh
-# copy of one prepared cluster (library preloaded, as make bench has it; two paths also without),
-# and only the instructions spent inside the measuring PL/pgSQL function are counted. Instruction counts do not depend on what else the machine is doing, so
-# the ratios against the bare statement repeat from run to run (time also depends on cache misses,
-# which callgrind does not count: read these beside `make bench`, not instead of it).
-# Prints a table and writes it to bench/results/profile.txt, and keeps each path's callgrind
-# output in bench/results/callgrind/ for callgrind_annotate.
+# CPU instructions instead of timed. Each runs in a single-user backend under callgrind, on a fresh
+# copy of one prepared cluster (the library preloaded, as make bench has it; two paths also
+# without), and only the instructions inside the measuring PL/pgSQL function are counted
+# (--toggle-collect: nothing the paths run calls PL/pgSQL again). They include the function's
+# one-time costs, compiling it and planning its statements: about 400 instructions per call at
+# 5,000 calls. Instruction counts do not depend on what else the machine is doing, so the ratios
+# against the bare statement repeat from run to run; time also depends on cache misses, which
+# callgrind does not count: read these beside `make bench`, not instead of it.
+# Prints a table and writes it to BENCH_OUT/profile.txt, and each path's callgrind output to
+# BENCH_OUT/callgrind/ for callgrind_annotate.
 #   PROFILE_CALLS=5000   calls per single-call path
 #   PROFILE_BATCHES=5    batches of 1000 messages per batch path
 #   BENCH_SKIP_BUILD=1   use the extension as installed, without building it
+#   BENCH_OUT=DIR        where the results go (default: bench/results)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -18,7 +22,7 @@ batches=${PROFILE_BATCHES:-5}
 for v in calls batches; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || idem_die "$v must be a positive integer (got '${!v}')"
 done
-out_dir=$IDEM_ROOT/bench/results
+out_dir=${BENCH_OUT:-$IDEM_ROOT/bench/results}
 
 idem_ensure_deps "/usr/bin/valgrind|valgrind"
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
@@ -28,7 +32,8 @@ else
 fi
 
 tmp=$(idem_tmpdir)
-trap 'idem_cluster_stop "$tmp"' EXIT
+# a path still under callgrind when another fails is stopped with the rest
+trap 'rc=$?; jobs -p | xargs -r kill 2>/dev/null; wait; (exit $rc); idem_cluster_stop "$tmp"' EXIT
 # As `make bench` runs it: preloaded, statistics on, purge worker off.
 idem_cluster_start "$tmp" "shared_preload_libraries = 'idempotent'
 idempotent.purge_interval = 0
@@ -65,17 +70,18 @@ declare -A run=(
 paths=(overhead bare record once_new once_dup claim_new once_new_np claim_new_np batch_none batch_bare
 	batch_pattern_new batch_pattern_dup batch_claim_new batch_claim_dup)
 
-# profile NAME: callgrind one path on its own copy of the cluster; instructions in the function.
-# Paths named *_np run with the library not preloaded.
-mkdir -p "$out_dir/callgrind"
-if idem_is_root; then chown postgres: "$out_dir/callgrind"; fi
+# profile NAME: callgrind one path on its own copy of the cluster, into $tmp/NAME.out.
+# Paths named *_np run with the library not preloaded; it is loaded before the counted function
+# runs, as for the others. An error ends the backend with a failure (exit_on_error).
 profile() {
 	local name=$1 data=$tmp/data.$1 opts=()
 	case $name in *_np) opts=(-c shared_preload_libraries=) ;; esac
 	idem_as_pg cp -a "$tmp/data" "$data"
 	idem_as_pg valgrind --tool=callgrind --collect-atstart=no --toggle-collect=plpgsql_call_handler \
-		--callgrind-out-file="$out_dir/callgrind/$name.out" \
-		postgres --single -D "$data" "${opts[@]}" profile <<<"SELECT ${run[$name]};" >"$tmp/$name.log" 2>&1 ||
+		--callgrind-out-file="$tmp/$name.out" \
+		postgres --single -D "$data" -c exit_on_error=on "${opts[@]}" profile \
+		<<<"LOAD 'idempotent';
+SELECT ${run[$name]};" >"$tmp/$name.log" 2>&1 ||
 		{ tail -n 20 "$tmp/$name.log" >&2; idem_die "path $name failed under callgrind"; }
 	rm -rf "$data"
 }
@@ -87,9 +93,11 @@ for ((i = 0; i < ${#paths[@]}; i += 2)); do   # two at a time
 	wait $! || idem_die "a profile failed"
 done
 
+mkdir -p "$out_dir/callgrind"
 declare -A per
 for p in "${paths[@]}"; do
-	total=$(sed -n 's/^summary: //p' "$out_dir/callgrind/$p.out")
+	cp "$tmp/$p.out" "$out_dir/callgrind/$p.out" && chmod 644 "$out_dir/callgrind/$p.out"
+	total=$(sed -n 's/^summary: //p' "$tmp/$p.out")
 	[[ $total =~ ^[0-9]+$ ]] || idem_die "no instruction count for $p"
 	case $p in batch_*) n=$((batches * 1000)) ;; *) n=$calls ;; esac
 	per[$p]=$((total / n))
@@ -122,7 +130,8 @@ row() {
 	row 'batch: SQL pattern, duplicate' batch_pattern_dup batch_bare "${per[batch_none]}"
 	row 'batch: idem_claim_batch + one INSERT, new' batch_claim_new batch_bare "${per[batch_none]}"
 	row 'batch: idem_claim_batch + one INSERT, duplicate' batch_claim_dup batch_bare "${per[batch_none]}"
-	printf '(callgrind_annotate --inclusive=yes bench/results/callgrind/PATH.out shows where each goes)\n'
+	printf '(callgrind_annotate --inclusive=yes %s/callgrind/PATH.out shows where each goes)\n' \
+		"${out_dir#"$IDEM_ROOT"/}"
 } >"$tmp/profile.txt"
 cp "$tmp/profile.txt" "$out_dir/profile.txt"
 cat "$out_dir/profile.txt"

@@ -142,7 +142,7 @@ idem_tmpdir() {
 
 # idem_cluster_start DIR [CONF]: initdb a throwaway cluster in DIR/data (DIR from idem_tmpdir) and
 # start it listening only on a unix socket in DIR. CONF (default: $IDEM_PG_CONF) is extra
-# postgresql.conf text. shared_preload_libraries is left unset on purpose. Exports PGHOST, PGPORT,
+# postgresql.conf text; the library is preloaded only if CONF says so. Exports PGHOST, PGPORT,
 # PGUSER (the test user, the cluster's superuser) and PGDATABASE=postgres. Server log: DIR/server.log.
 idem_cluster_start() {
 	local dir=${1:?usage: idem_cluster_start DIR [CONF]} conf=${2-${IDEM_PG_CONF:-}}
