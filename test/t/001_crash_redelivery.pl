@@ -35,6 +35,10 @@
 #  - Finally the rest is delivered, then every partition is replayed from its
 #    first message (a consumer group reset): all of it must be duplicates and
 #    change nothing.
+#  - The library is preloaded: a writer then trusts the probe it made before
+#    taking a key's lock when no release of the lock was counted in between
+#    (src/key_locks.c), and the clients racing for a key on two partitions,
+#    before and after each crash, are where that must hold.
 
 use strict;
 use warnings;
@@ -81,6 +85,8 @@ $node->append_conf(
 restart_after_crash = on
 log_statement = none
 max_connections = 30
+shared_preload_libraries = 'idempotent'
+idempotent.purge_interval = 0
 ));
 $node->start;
 PaymentStream::create_schema($node, $NACCT);
