@@ -10,8 +10,11 @@
 # callgrind does not count: read these beside `make bench`, not instead of it.
 # Prints a table and writes it to BENCH_OUT/profile.txt, and each path's callgrind output to
 # BENCH_OUT/callgrind/ for callgrind_annotate.
+# One message per transaction is counted whole instead: the backend's instructions for PROFILE_TXNS
+# transactions of a prepared statement (as pgbench -M prepared sends), less those for one.
 #   PROFILE_CALLS=5000   calls per single-call path
 #   PROFILE_BATCHES=5    batches of 1000 messages per batch path
+#   PROFILE_TXNS=1000    transactions per one-message-per-transaction path
 #   BENCH_SKIP_BUILD=1   use the extension as installed, without building it
 #   BENCH_OUT=DIR        where the results go (default: bench/results)
 set -euo pipefail
@@ -19,9 +22,11 @@ set -euo pipefail
 
 calls=${PROFILE_CALLS:-5000}
 batches=${PROFILE_BATCHES:-5}
-for v in calls batches; do
+txns=${PROFILE_TXNS:-1000}
+for v in calls batches txns; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || idem_die "$v must be a positive integer (got '${!v}')"
 done
+[ "$txns" -ge 2 ] || idem_die "PROFILE_TXNS must be at least 2 (one run is subtracted from another)"
 out_dir=${BENCH_OUT:-$IDEM_ROOT/bench/results}
 
 idem_ensure_deps "/usr/bin/valgrind|valgrind"
@@ -68,20 +73,41 @@ declare -A run=(
 	[batch_claim_dup]="bench.run_batch('claim', 'cdup', $batches, 1000)"
 )
 paths=(overhead bare record once_new once_dup claim_new once_new_np claim_new_np batch_none batch_bare
-	batch_pattern_new batch_pattern_dup batch_claim_new batch_claim_dup)
+	batch_pattern_new batch_pattern_dup batch_claim_new batch_claim_dup tx_bare tx_bare_1 tx_idem
+	tx_idem_1)
+
+# tx_input NAME: a tx_* path's input: the prepared statement, then one EXECUTE per transaction
+# (single-user mode commits each line), with keys spread over the index as bench.key's are
+tx_input() {
+	local n=$txns i
+	case $1 in *_1) n=1 ;; esac
+	case $1 in
+	tx_bare*) echo 'PREPARE p(text, bigint) AS INSERT INTO bench.t (k, v) VALUES ($1, $2);' ;;
+	tx_idem*) echo "PREPARE p(text, bigint) AS SELECT idem_apply(\$1, NULL, 'INSERT INTO bench.t (k, v) VALUES (\$1, \$2)', \$1, \$2);" ;;
+	esac
+	for ((i = 1; i <= n; i++)); do
+		printf "EXECUTE p('%08xtxn_%08d', %d);\n" $(((i * 2654435761) % 4294967296)) "$i" "$i"
+	done
+}
 
 # profile NAME: callgrind one path on its own copy of the cluster, into $tmp/NAME.out.
 # Paths named *_np run with the library not preloaded; it is loaded before the counted function
 # runs, as for the others. An error ends the backend with a failure (exit_on_error).
 profile() {
-	local name=$1 data=$tmp/data.$1 opts=()
+	local name=$1 data=$tmp/data.$1 opts=() collect input
 	case $name in *_np) opts=(-c shared_preload_libraries=) ;; esac
+	if [[ $name == tx_* ]]; then
+		collect=(--collect-atstart=yes)
+		input=$(tx_input "$name")
+	else
+		collect=(--collect-atstart=no --toggle-collect=plpgsql_call_handler)
+		input="LOAD 'idempotent';
+SELECT ${run[$name]};"
+	fi
 	idem_as_pg cp -a "$tmp/data" "$data"
-	idem_as_pg valgrind --tool=callgrind --collect-atstart=no --toggle-collect=plpgsql_call_handler \
-		--callgrind-out-file="$tmp/$name.out" \
+	idem_as_pg valgrind --tool=callgrind "${collect[@]}" --callgrind-out-file="$tmp/$name.out" \
 		postgres --single -D "$data" -c exit_on_error=on "${opts[@]}" profile \
-		<<<"LOAD 'idempotent';
-SELECT ${run[$name]};" >"$tmp/$name.log" 2>&1 ||
+		<<<"$input" >"$tmp/$name.log" 2>&1 ||
 		{ tail -n 20 "$tmp/$name.log" >&2; idem_die "path $name failed under callgrind"; }
 	rm -rf "$data"
 }
@@ -99,9 +125,11 @@ for p in "${paths[@]}"; do
 	cp "$tmp/$p.out" "$out_dir/callgrind/$p.out" && chmod 644 "$out_dir/callgrind/$p.out"
 	total=$(sed -n 's/^summary: //p' "$tmp/$p.out")
 	[[ $total =~ ^[0-9]+$ ]] || idem_die "no instruction count for $p"
-	case $p in batch_*) n=$((batches * 1000)) ;; *) n=$calls ;; esac
+	case $p in batch_*) n=$((batches * 1000)) ;; tx_*) n=1 ;; *) n=$calls ;; esac
 	per[$p]=$((total / n))
 done
+# one transaction: the run of txns less the run of one
+for p in tx_bare tx_idem; do per[$p]=$(((per[$p] - per[${p}_1]) / (txns - 1))); done
 
 calc() { awk "BEGIN { printf \"${2:-%.2f}\", $1 }"; }
 # row LABEL PATH BASE LOOP: instructions per call less LOOP's (the loop and key generation), and
@@ -130,6 +158,9 @@ row() {
 	row 'batch: SQL pattern, duplicate' batch_pattern_dup batch_bare "${per[batch_none]}"
 	row 'batch: idem_claim_batch + one INSERT, new' batch_claim_new batch_bare "${per[batch_none]}"
 	row 'batch: idem_claim_batch + one INSERT, duplicate' batch_claim_dup batch_bare "${per[batch_none]}"
+	printf 'One message per transaction, prepared (as pgbench -M prepared), the whole backend:\n'
+	row 'bare INSERT' tx_bare tx_bare 0
+	row 'idem_apply once, new key' tx_idem tx_bare 0
 	printf '(callgrind_annotate --inclusive=yes %s/callgrind/PATH.out shows where each goes)\n' \
 		"${out_dir#"$IDEM_ROOT"/}"
 } >"$tmp/profile.txt"
