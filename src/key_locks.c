@@ -10,23 +10,23 @@
  * the lock, so the probe must be repeated under the lock, unless nobody can
  * have written the key in between.
  *
- * That is what the counts tell, when the library is preloaded: each release
- * of a key's lock adds one to a counter in shared memory, one of
- * KEY_RELEASE_SLOTS chosen by the key's hash.  Whatever inserts or replaces
- * a key's row does so under the key's lock, and the release that counts it
- * comes after the write (ledger.c's restamp at commit included).  Only purges
- * write without it, and they only delete expired rows, which a probe takes
- * for absent keys (and so does a superuser's DELETE or UPDATE of the ledger
- * by hand, which ledger_update() copes with as it always has).  A writer reads its key's counter before it probes and
- * again once it holds the lock: if the count is the same, no holder of a lock
- * of that slot let go of it in between, so no write of the key can have
- * become visible after the probe began, and what the probe found still
- * holds.  (procarray.c reuses snapshots on the same reasoning with
- * xactCompletionCount.)  Keys that share a slot only cost each other a second
- * probe.  A lock released by an abort is not counted, and need not be: what
- * its holder wrote is rolled back.  A writer that trusts its probe after
- * waiting for the lock has not looked at the clock meanwhile either: what it
- * decides by the time (a lease) is decided again.
+ * That is what the counts tell, when the library is preloaded: each release of
+ * a key's lock adds one to a counter in shared memory, one of
+ * KEY_RELEASE_SLOTS chosen by the key's hash.  Whatever inserts or replaces a
+ * key's row does so under the key's lock, and the release that counts it comes
+ * after the write (ledger.c's restamp at commit included).  Only purges write
+ * without it, and they only delete expired rows, which a probe takes for
+ * absent keys anyway; a superuser's DELETE or UPDATE of the ledger by hand is
+ * coped with by ledger_update(), as it always was.  A writer reads its key's
+ * counter before it probes and again once it holds the lock: if the count is
+ * the same, no holder of a lock of that slot let go of it in between, so no
+ * write of the key can have become visible after the probe began, and what the
+ * probe found still holds.  (procarray.c reuses snapshots on the same
+ * reasoning with xactCompletionCount.)  Keys that share a slot only cost each
+ * other a second probe.  A lock released by an abort is not counted, and need
+ * not be: what its holder wrote is rolled back.  A writer that trusts its
+ * probe after waiting for the lock has not looked at the clock meanwhile
+ * either: what it decides by the time (a lease) is decided again.
  */
 #include "postgres.h"
 
