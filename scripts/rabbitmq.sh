@@ -18,6 +18,8 @@
 #   rmq_setup_db DB              create DB with the payment schema
 #   rmq_load_manifest DB PID     wait for the publisher PID, load its manifest into DB
 #   rmq_measure DB               load the consumers' output into DB, measure it into R[DB.*]
+#   rmq_chaos_drain MODE PUB T0 KILL_MS SPREAD_MS CRASHED
+#                                one run's consumers killed at random, then the queue drained
 
 RMQ_SBIN=/usr/lib/rabbitmq/bin   # Debian's scripts, run directly rather than through /usr/sbin
 RMQ_DIR='' RMQ_PID='' BEAM_PID='' EPMD_PID=''
@@ -196,4 +198,54 @@ rmq_measure() {
 		UNION ALL SELECT 'ledger', (SELECT count(*) FROM idem_ledger)::text;
 	SQL
 	)
+}
+
+# rmq_chaos_drain MODE PUB T0 KILL_MS SPREAD_MS CRASHED: the middle of a scenario's run of MODE
+# (idem or naive; database MODE, queue payments-MODE), whose consumers run and whose publisher PUB
+# was started at SECONDS=T0. Every KILL_MS + random(SPREAD_MS) ms (under 1000 in all), SIGKILL a
+# random consumer and start it again, until PUB has finished and every payment is charged (at
+# most CHAOS_SECONDS); load PUB's manifest; wait for the queue to drain (at most DRAIN_TIMEOUT),
+# starting again any consumer that exited with status CRASHED (its own crash after a commit; ''
+# when consumers never exit by themselves); then stop them all with SIGTERM. The caller provides
+# start_consumer SLOT, which starts a consumer into the caller's array pids. Sets R[MODE.drain],
+# R[MODE.drained], R[MODE.kills] and R[MODE.odd_exits] (consumers that exited otherwise).
+rmq_chaos_drain() {
+	local mode=$1 pub=$2 t0=$3 kill_ms=$4 spread_ms=$5 crashed=$6 queue=payments-$1
+	local slot pid rc deadline depth drained=0 kills=0 odd=0
+	deadline=$((SECONDS + CHAOS_SECONDS))
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		sleep "$(printf '0.%03d' $((kill_ms + RANDOM % spread_ms)))"
+		slot=$((RANDOM % CONSUMERS)); pid=${pids[$slot]}
+		kill -KILL "$pid" 2>/dev/null || true
+		rc=0; wait "$pid" 2>/dev/null || rc=$?
+		[ "$rc" -eq 137 ] || [ "$rc" = "$crashed" ] || odd=$((odd + 1))
+		kills=$((kills + 1))
+		start_consumer "$slot"
+		kill -0 "$pub" 2>/dev/null && continue
+		[ "$("${PSQL[@]}" -d "$mode" -c 'SELECT count(DISTINCT payment_id) FROM charges')" -lt "$MESSAGES" ] || break
+	done
+	rmq_load_manifest "$mode" "$pub"
+
+	idem_log "[$mode] $kills kills; waiting up to ${DRAIN_TIMEOUT}s for the queue to drain"
+	deadline=$((SECONDS + DRAIN_TIMEOUT))
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		depth=$(rmq_queue_depth "$queue")
+		if [ "$depth" = "0 0" ]; then drained=1; break; fi
+		for ((slot = 0; slot < CONSUMERS && ${#crashed} > 0; slot++)); do	# restart the crashed
+			pid=${pids[$slot]}
+			kill -0 "$pid" 2>/dev/null && continue
+			rc=0; wait "$pid" 2>/dev/null || rc=$?
+			[ "$rc" = "$crashed" ] || odd=$((odd + 1))
+			start_consumer "$slot"
+		done
+		sleep 0.5
+	done
+	R[$mode.drain]=$((SECONDS - t0))
+	for pid in "${pids[@]}"; do	# a clean stop: SIGTERM, exit 0
+		kill -TERM "$pid" 2>/dev/null || true
+		rc=0; wait "$pid" 2>/dev/null || rc=$?
+		[ "$rc" -eq 0 ] || [ "$rc" = "$crashed" ] || odd=$((odd + 1))
+	done
+	CONSUMER_PIDS=()
+	R[$mode.drained]=$drained R[$mode.kills]=$kills R[$mode.odd_exits]=$odd
 }

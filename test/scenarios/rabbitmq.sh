@@ -68,7 +68,7 @@ PSQL=(psql -X -q -v ON_ERROR_STOP=1 -At)
 declare -A R	# results: R[mode.metric]
 
 run() {	# run MODE: MODE is idem or naive
-	local mode=$1 queue=payments-$1 flag='' slot pid pub rc t0 depth deadline drained=0 kills=0 odd=0
+	local mode=$1 queue=payments-$1 flag='' slot pub t0
 	local -a pids=()
 	[ "$mode" = naive ] && flag=--naive
 	rmq_setup_db "$mode"
@@ -87,38 +87,7 @@ run() {	# run MODE: MODE is idem or naive
 		--duplicates "$DUPLICATES" --accounts "$ACCOUNTS" --seed "$SEED" \
 		--manifest "$WORK/$mode.manifest" 2>"$WORK/$mode.publisher.log" &
 	pub=$!
-
-	# Kill and restart consumers until the publisher is done and every payment has been charged
-	# at least once (what is left then are duplicates), for at most CHAOS_SECONDS.
-	deadline=$((SECONDS + CHAOS_SECONDS))
-	while [ "$SECONDS" -lt "$deadline" ]; do
-		sleep "0.$((200 + RANDOM % 300))"
-		slot=$((RANDOM % CONSUMERS)); pid=${pids[$slot]}
-		kill -KILL "$pid" 2>/dev/null || true
-		rc=0; wait "$pid" 2>/dev/null || rc=$?
-		[ "$rc" -eq 137 ] || odd=$((odd + 1))	# it had exited by itself
-		kills=$((kills + 1))
-		start_consumer "$slot"
-		kill -0 "$pub" 2>/dev/null && continue
-		[ "$("${PSQL[@]}" -d "$mode" -c 'SELECT count(DISTINCT payment_id) FROM charges')" -lt "$MESSAGES" ] || break
-	done
-	rmq_load_manifest "$mode" "$pub"
-
-	idem_log "[$mode] $kills kills; waiting up to ${DRAIN_TIMEOUT}s for the queue to drain"
-	deadline=$((SECONDS + DRAIN_TIMEOUT))
-	while [ "$SECONDS" -lt "$deadline" ]; do
-		depth=$(rmq_queue_depth "$queue")
-		if [ "$depth" = "0 0" ]; then drained=1; break; fi
-		sleep 0.5
-	done
-	R[$mode.drain]=$((SECONDS - t0))
-	for pid in "${pids[@]}"; do	# a clean stop: SIGTERM, exit 0
-		kill -TERM "$pid" 2>/dev/null || true
-		rc=0; wait "$pid" 2>/dev/null || rc=$?
-		[ "$rc" -eq 0 ] || odd=$((odd + 1))
-	done
-	CONSUMER_PIDS=()
-	R[$mode.drained]=$drained R[$mode.kills]=$kills R[$mode.odd_exits]=$odd
+	rmq_chaos_drain "$mode" "$pub" "$t0" 200 300 ''
 	rmq_measure "$mode"
 }
 
