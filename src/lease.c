@@ -606,6 +606,15 @@ lease_run(LeaseFunction function, const LeaseCall *call, LeaseOutcome *out)
 	}
 }
 
+/* A call's key (checked) and scope (checked for the current role); the rest empty. */
+static void
+lease_call_init(FunctionCallInfo fcinfo, LeaseCall *call)
+{
+	memset(call, 0, sizeof(LeaseCall));
+	call->key = idem_key_arg(fcinfo);
+	call->scope = idem_current_scope();
+}
+
 PG_FUNCTION_INFO_V1(idem_begin);
 /* idem_begin(key, lease, request): start an attempt, or say why not */
 Datum
@@ -614,9 +623,7 @@ idem_begin(PG_FUNCTION_ARGS)
 	LeaseCall	call;
 	LeaseOutcome out;
 
-	memset(&call, 0, sizeof(call));
-	call.key = idem_key_arg(fcinfo);
-	call.scope = idem_current_scope();
+	lease_call_init(fcinfo, &call);
 	call.lease = interval_arg(fcinfo, 1, "lease", false);
 	call.has_request = !PG_ARGISNULL(2);
 	if (call.has_request)
@@ -635,9 +642,7 @@ idem_complete(PG_FUNCTION_ARGS)
 	LeaseCall	call;
 	LeaseOutcome out;
 
-	memset(&call, 0, sizeof(call));
-	call.key = idem_key_arg(fcinfo);
-	call.scope = idem_current_scope();
+	lease_call_init(fcinfo, &call);
 	call.attempt = attempt_arg(fcinfo, 1, false);
 	call.result = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
 	lease_run(LEASE_COMPLETE, &call, &out);
@@ -652,9 +657,7 @@ idem_fail(PG_FUNCTION_ARGS)
 	LeaseCall	call;
 	LeaseOutcome out;
 
-	memset(&call, 0, sizeof(call));
-	call.key = idem_key_arg(fcinfo);
-	call.scope = idem_current_scope();
+	lease_call_init(fcinfo, &call);
 	call.attempt = attempt_arg(fcinfo, 1, true);
 	if (PG_ARGISNULL(2))
 		ereport(ERROR,
