@@ -52,6 +52,12 @@ SELECT * FROM idem_claim_batch(ARRAY['bm:new', 'bo:1'], ARRAY[1, 1]);
 \echo SQLSTATE :SQLSTATE
 SELECT * FROM idem_claim_batch(ARRAY['bm:new', 'bn:1'], ARRAY[9, 9], 'upsert');
 \echo SQLSTATE :SQLSTATE
+-- a key held by leases is refused too; and a batch does not take leases
+SELECT status FROM idem_begin('blease:1', '1 hour');
+SELECT * FROM idem_claim_batch(ARRAY['bm:new', 'blease:1']);
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_claim_batch(ARRAY['bm:new'], NULL, 'lease');
+\echo SQLSTATE :SQLSTATE
 SELECT count(*) FROM idem_ledger WHERE key = 'bm:new';
 SELECT key, version FROM idem_ledger WHERE key = 'bn:1';
 
@@ -204,7 +210,7 @@ SELECT id, count(*), sum(amount) FROM batch_payments GROUP BY id ORDER BY id;
 DEALLOCATE consume;
 
 -- clean up
-DELETE FROM idem_ledger WHERE key ~ '^b(o|n|s|u|d|big|lb|nest|t|sc|pay)[:-]' OR key = repeat('y', 512);
+DELETE FROM idem_ledger WHERE key ~ '^b(o|n|s|u|d|big|lb|nest|t|sc|pay|lease)[:-]' OR key = repeat('y', 512);
 DROP TABLE batch_payments;
 DROP OWNED BY regress_idem_batcher, regress_idem_stranger;
 DROP ROLE regress_idem_batcher;

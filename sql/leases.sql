@@ -115,6 +115,10 @@ SELECT * FROM ls(idem_begin('l:pay-2', '10 ms'));
 SELECT pg_sleep(0.05);
 SELECT idem_complete('l:pay-2', 1, '{"late": "but alone"}');
 SELECT * FROM ls(idem_begin('l:pay-2'));
+-- and so may its failure be reported
+SELECT * FROM ls(idem_begin('l:pay-3', '10 ms'));
+SELECT pg_sleep(0.05);
+SELECT * FROM ls(idem_fail('l:pay-3', 1, 'late but alone', '1 hour'));
 
 --
 -- idem_fail: the attempt ends, its error is kept and counted, and the key
@@ -262,6 +266,15 @@ SELECT * FROM idem_begin(NULL);
 \echo SQLSTATE :SQLSTATE
 SELECT * FROM idem_begin('');
 \echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_begin(repeat('k', 513));
+\echo SQLSTATE :SQLSTATE
+SELECT idem_complete('', 1);
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_fail(repeat('k', 513), NULL, 'boom');
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_fail('', 1, 'boom');
+\echo SQLSTATE :SQLSTATE
+SELECT count(*) AS recorded FROM idem_ledger WHERE key = '' OR key LIKE 'kkkk%';
 SELECT * FROM idem_begin('l:bad-1', '-1 s');
 \echo SQLSTATE :SQLSTATE
 SELECT * FROM idem_begin('l:bad-1', '0 s');

@@ -10,8 +10,11 @@ CREATE ROLE regress_idem_intruder;                 -- another application: EXECU
 GRANT regress_idem_billing TO regress_idem_biller;
 GRANT EXECUTE ON FUNCTION
     idem_apply(text, bigint, text), idem_apply(text, bigint, text, "any"),
+    idem_apply_next(text, bigint, text), idem_upsert(text, bigint, text),
     idem_claim(text, bigint, text), idem_get(text), idem_forget(text),
-    idem_reset(text, bigint, text), idem_purge(integer)
+    idem_reset(text, bigint, text), idem_purge(integer),
+    idem_begin(text, interval, jsonb), idem_complete(text, integer, jsonb),
+    idem_fail(text, integer, text, interval)
 TO regress_idem_biller, regress_idem_intruder;
 CREATE TABLE sc_secret (id int, card text);
 INSERT INTO sc_secret VALUES (1, '4111-1111-1111-1111');
@@ -76,6 +79,8 @@ SELECT * FROM idem_apply('sc:ghost', NULL, 'SELECT 1 AS one');
 \echo SQLSTATE :SQLSTATE
 SELECT * FROM idem_get('sc:ghost');
 \echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_begin('sc:ghost');
+\echo SQLSTATE :SQLSTATE
 RESET idempotent.scope;
 -- scope names are role names as written, not identifiers: case matters
 SET idempotent.scope = 'REGRESS_IDEM_BILLING';
@@ -130,6 +135,19 @@ SELECT idem_reset('invoice:8', 100);
 SELECT idem_reset('invoice:11', 100);
 \echo SQLSTATE :SQLSTATE
 SELECT idem_purge();
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_apply_next('invoice:n', 1, 'SELECT 1');
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_upsert('invoice:u', 1, 'SELECT 1');
+\echo SQLSTATE :SQLSTATE
+-- leases too: failures counted by another role could make billing's key dead
+SELECT * FROM idem_begin('invoice:7');
+\echo SQLSTATE :SQLSTATE
+SELECT idem_complete('invoice:7', 1);
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_fail('invoice:7', NULL, 'squatted');
+\echo SQLSTATE :SQLSTATE
+SELECT * FROM idem_fail('invoice:f', NULL, 'squatted');
 \echo SQLSTATE :SQLSTATE
 -- the check is made before bad input is looked at
 SELECT * FROM idem_claim('invoice:12', -1);
@@ -199,20 +217,24 @@ SELECT key, version, rows, result, scope FROM idem_get('invoice:8');
 RESET idempotent.scope;
 SELECT key, version, scope FROM idem_get('invoice:8');
 RESET ROLE;
+-- billing's key counts no failure, and the keys the intruder tried are nowhere
+SELECT key, scope, state, attempts FROM idem_ledger
+WHERE key IN ('invoice:7', 'invoice:n', 'invoice:u', 'invoice:f') ORDER BY key, scope;
 
 -- idem_purge: a non-superuser purges only its scope's expired keys; a superuser's
 -- purge covers every scope
 UPDATE idem_ledger SET expires_at = now() - interval '1 hour'
 WHERE key LIKE 'invoice:purge-%';
 SELECT key, scope FROM idem_ledger WHERE expires_at < now() ORDER BY key, scope;
+-- the intruder first, while billing's expired keys are there too: it purges the shared one
+SET ROLE regress_idem_intruder;
+SELECT idem_purge();
+RESET ROLE;
+SELECT key, scope FROM idem_ledger WHERE expires_at < now() ORDER BY key, scope;
 SET ROLE regress_idem_biller;
 SET idempotent.scope = 'regress_idem_billing';
 SELECT idem_purge();
 RESET idempotent.scope;
-RESET ROLE;
-SELECT key, scope FROM idem_ledger WHERE expires_at < now() ORDER BY key, scope;
-SET ROLE regress_idem_intruder;
-SELECT idem_purge();
 RESET ROLE;
 SELECT key, scope FROM idem_ledger WHERE expires_at < now() ORDER BY key, scope;
 SELECT status FROM idem_claim('invoice:purge-3');
@@ -232,7 +254,10 @@ ORDER BY key, scope;
 DROP TABLE sc_secret, sc_runs;
 REVOKE EXECUTE ON FUNCTION
     idem_apply(text, bigint, text), idem_apply(text, bigint, text, "any"),
+    idem_apply_next(text, bigint, text), idem_upsert(text, bigint, text),
     idem_claim(text, bigint, text), idem_get(text), idem_forget(text),
-    idem_reset(text, bigint, text), idem_purge(integer)
+    idem_reset(text, bigint, text), idem_purge(integer),
+    idem_begin(text, interval, jsonb), idem_complete(text, integer, jsonb),
+    idem_fail(text, integer, text, interval)
 FROM regress_idem_biller, regress_idem_intruder;
 DROP ROLE regress_idem_biller, regress_idem_intruder, regress_idem_billing;

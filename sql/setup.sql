@@ -62,13 +62,11 @@ WHERE a.attrelid = (SELECT typrelid FROM pg_type WHERE typname = 'idem_outcome')
   AND a.attnum > 0
 ORDER BY a.attnum;
 
--- the settings, once the library is loaded
+-- every setting, once the library is loaded: its default and who may change it
 LOAD 'idempotent';
 SELECT name, setting, unit, context, vartype, boot_val, min_val, max_val
 FROM pg_settings
-WHERE name IN ('idempotent.wait', 'idempotent.check_fingerprint',
-               'idempotent.max_key_bytes', 'idempotent.max_result_bytes',
-               'idempotent.ttl')
+WHERE name LIKE 'idempotent.%'
 ORDER BY name;
 
 -- the ledger starts empty
