@@ -64,7 +64,7 @@ declare -A label=(
 
 started=$(date +%s)
 load_at_start=$(cut -d' ' -f1 /proc/loadavg)   # other work on the machine shows in the spread
-idem_ensure_deps "/usr/bin/gnuplot|gnuplot-nox"
+idem_ensure_deps "/usr/bin/gnuplot-nox|gnuplot-nox"   # not /usr/bin/gnuplot: any gnuplot's alternative
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
 	idem_log "BENCH_SKIP_BUILD=1: using the extension as installed"
 else
@@ -338,7 +338,7 @@ for p in "${paths[@]}"; do
 	case $p in overhead) continue ;; bare) color=1 ;; pattern_* | record) color=2 ;; *) color=3 ;; esac
 	printf '"%s" %s %s\n' "${label[$p]}" "${med[path/$p]}" "$color"
 done >"$tmp/paths.dat"
-gnuplot -e "growth='$tmp/growth.dat'; paths='$tmp/paths.dat'; out='$out_dir/latest.png'; bare=$bare;
+gnuplot-nox -e "growth='$tmp/growth.dat'; paths='$tmp/paths.dat'; out='$out_dir/latest.png'; bare=$bare;
 	title='idempotent: in-server cost per call, median of $reps ($(nproc) CPUs, ${pg_version%% on *})'" \
 	"$IDEM_ROOT/bench/plot.gp"
 

@@ -10,12 +10,9 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # build dependencies, each detected by the file used
-need=()
-[ -x /usr/bin/dpkg-buildpackage ] || need+=(dpkg-dev)
-[ -x /usr/bin/dh ] || need+=(debhelper)
-[ -x /usr/bin/pg_buildext ] && [ -f /usr/share/perl5/Debian/Debhelper/Sequence/pgxs_loop.pm ] ||
-	need+=(postgresql-server-dev-all)
-idem_ensure_deps "${need[@]}"
+# (dpkg-checkbuilddeps wants build-essential, which dpkg-dev only recommends)
+idem_ensure_deps "/usr/bin/dpkg-buildpackage|dpkg-dev" "/usr/share/build-essential/list|build-essential" \
+	"/usr/bin/dh|debhelper" "/usr/share/perl5/Debian/Debhelper/Sequence/pgxs_loop.pm|postgresql-server-dev-all"
 
 dist=$IDEM_ROOT/dist
 version=$(dpkg-parsechangelog -l "$IDEM_ROOT/debian/changelog" -S Version)

@@ -61,12 +61,12 @@ idem_as_pg() {
 # idem_ensure_deps [FILE|PKG...]: make sure that every file the build and the suites need is there
 # (the server's programs, its headers, PGXS, pg_regress, pg_isolation_regress, the TAP modules), and
 # IPC::Run, make and gcc, and every FILE a caller names with the Debian package PKG that ships it;
-# otherwise apt-get install what provides them, as root or through sudo. (A bare PKG, for callers
-# that checked their own files already, is installed unless dpkg has it.) Each file is checked by itself, not through
-# another file of the package that used to ship it: in Debian's 15.20, PGXS and the test programs
-# come with postgresql-client-15, and only the headers tell that postgresql-server-dev-15 is there.
+# otherwise apt-get install what provides them, as root or through sudo. Each file is checked by
+# itself, not through another file of the package that used to ship it (in Debian's 15.20, PGXS
+# and the test programs come with postgresql-client-15, and only the headers tell that
+# postgresql-server-dev-15 is there), and not through dpkg's status.
 idem_ensure_deps() {
-	local pkgs=() need file p
+	local pkgs=() need file
 	local needs=(
 		"$PG_BINDIR/postgres|postgresql-15"
 		"$PG_BINDIR/initdb|postgresql-15"
@@ -78,22 +78,17 @@ idem_ensure_deps() {
 		"$PG_PGXS_DIR/src/test/regress/pg_regress|postgresql-client-15"
 		"$PG_PGXS_DIR/src/test/isolation/pg_isolation_regress|postgresql-client-15"
 		"$PG_PGXS_DIR/src/test/perl/PostgreSQL/Test/Cluster.pm|postgresql-client-15"
+		"/usr/share/perl5/IPC/Run.pm|libipc-run-perl"
+		"/usr/bin/make|make"
+		"/usr/bin/gcc|gcc"
+		"$@"
 	)
 	for need in "${needs[@]}"; do
+		[[ $need == *'|'* ]] || idem_die "idem_ensure_deps: '$need' is not FILE|PKG"
 		file=${need%|*}
 		[ -e "$file" ] && continue
 		idem_log "missing $file (${need##*|})"
 		pkgs+=("${need##*|}")
-	done
-	perl -MIPC::Run -e 1 >/dev/null 2>&1 || pkgs+=(libipc-run-perl)
-	command -v make >/dev/null 2>&1 || pkgs+=(make)
-	command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
-	for p in "$@"; do
-		if [[ $p == *'|'* ]]; then
-			[ -e "${p%|*}" ] || { idem_log "missing ${p%|*} (${p##*|})"; pkgs+=("${p##*|}"); }
-		else
-			dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
-		fi
 	done
 	mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | awk 'NF && !seen[$0]++')
 	[ ${#pkgs[@]} -eq 0 ] && return 0

@@ -89,7 +89,7 @@ rmq_ctl() { "${RMQ_RUN[@]}" "$RMQ_SBIN/rabbitmqctl" "$@"; }
 # does listen (an assertion for idem_check; says what is wrong on stderr).
 rmq_loopback_only() {
 	local bad
-	command -v ss >/dev/null || return 0
+	command -v ss >/dev/null || { echo "  ss (iproute2) is missing: cannot tell" >&2; return 1; }
 	bad=$(ss -Hltnp | grep -E "pid=($BEAM_PID|$EPMD_PID)," | awk '{print $4}' |
 		grep -Ev '^(127\.0\.0\.1|\[::1\]):' || true)
 	[ -z "$bad" ] || { echo "listening beyond loopback: $bad" >&2; return 1; }

@@ -39,7 +39,7 @@ REDIS_PORT=${IDEM_REDIS_PORT:-56379}
 RUN_SECS=100          # per run, consumers and harness both give up after this
 
 idem_ensure_deps "/usr/bin/redis-server|redis-server" "/usr/include/hiredis/hiredis.h|libhiredis-dev" \
-	"/usr/include/postgresql/libpq-fe.h|libpq-dev" "/usr/bin/pkg-config|pkg-config"
+	"/usr/include/postgresql/libpq-fe.h|libpq-dev" "/usr/bin/pkg-config|pkgconf"
 
 TMP=$(idem_tmpdir)
 PIDS=("" "" "")

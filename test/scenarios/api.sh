@@ -26,9 +26,10 @@ RUN_SECS=120   # the scenario takes about 15 s
 TMP=
 trap 'idem_checks_end_cluster "$TMP"' EXIT
 
+# Node.js and npm: any on PATH will do (a machine's own Node.js included); Debian's otherwise
 need=()
-command -v node >/dev/null 2>&1 || need+=(nodejs)
-command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v node >/dev/null 2>&1 || need+=("/usr/bin/node|nodejs")
+command -v npm >/dev/null 2>&1 || need+=("/usr/bin/npm|npm")
 idem_ensure_deps "${need[@]}"
 [ -f "$("$PG_CONFIG" --sharedir)/extension/idempotent.control" ] ||
 	idem_die "the extension is not installed: run 'make install' (or 'make test') first"

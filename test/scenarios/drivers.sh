@@ -26,6 +26,7 @@ IDEM_PGPORT=${IDEM_DRIVERS_PGPORT:-54341}
 DRIVERS=${IDEM_DRIVERS:-libpq psycopg node pgjdbc}
 SRC=$IDEM_ROOT/test/drivers
 JDBC_JAR=/usr/share/java/postgresql.jar
+JAVA_HOME=/usr/lib/jvm/java-17-openjdk-$(dpkg --print-architecture)   # not /usr/bin's alternatives
 PYTHON=/usr/bin/python3   # Debian's, which has python3-psycopg; not another python on PATH
 RUN_SECS=120              # per driver program
 
@@ -44,12 +45,14 @@ cleanup() {
 trap cleanup EXIT
 
 # --- dependencies, each detected by the file this scenario uses ----------------------------------
-need=()
-[ -f /usr/include/postgresql/libpq-fe.h ] || need+=(libpq-dev)
-[ -x "$PYTHON" ] && "$PYTHON" -c 'import psycopg' 2>/dev/null || need+=(python3-psycopg)
-[ -f "$JDBC_JAR" ] || need+=(libpostgresql-jdbc-java)
-[ -x /usr/bin/javac ] && [ -x /usr/bin/java ] || need+=(default-jdk-headless)
-command -v npm >/dev/null 2>&1 || need+=(npm)
+need=(
+	"/usr/include/postgresql/libpq-fe.h|libpq-dev"
+	"/usr/lib/python3/dist-packages/psycopg/__init__.py|python3-psycopg"
+	"$JDBC_JAR|libpostgresql-jdbc-java"
+	"$JAVA_HOME/bin/javac|openjdk-17-jdk-headless"
+)
+# npm: any npm on PATH installs the locked packages alike (a machine's own Node.js included)
+command -v npm >/dev/null 2>&1 || need+=("/usr/bin/npm|npm")
 idem_ensure_deps "${need[@]}"
 [ -f "$("$PG_CONFIG" --sharedir)/extension/idempotent.control" ] ||
 	idem_die "the extension is not installed: run 'make install' (or 'make test') first"
@@ -70,7 +73,7 @@ build() {   # build DRIVER: compile or install what DRIVER needs; log in $TMP/bu
 		(cd "$SRC/node" && npm ci --no-audit --no-fund --loglevel=error) >"$log" 2>&1 ;;
 	pgjdbc)
 		mkdir -p "$TMP/java" &&
-			javac -Xlint:all -Werror -cp "$JDBC_JAR" -d "$TMP/java" "$SRC/pgjdbc/DriverTest.java" >"$log" 2>&1 ;;
+			"$JAVA_HOME/bin/javac" -Xlint:all -Werror -cp "$JDBC_JAR" -d "$TMP/java" "$SRC/pgjdbc/DriverTest.java" >"$log" 2>&1 ;;
 	*) echo "unknown driver $1" >"$log"; return 1 ;;
 	esac
 }
@@ -93,7 +96,7 @@ command_of() {   # command_of DRIVER: set cmd to the program's command line
 	libpq) cmd=("$TMP/libpq_driver_test") ;;
 	psycopg) cmd=("$PYTHON" "$SRC/psycopg/driver_test.py") ;;
 	node) cmd=(node "$SRC/node/driver_test.js") ;;
-	pgjdbc) cmd=(java -cp "$TMP/java:$JDBC_JAR" DriverTest) ;;
+	pgjdbc) cmd=("$JAVA_HOME/bin/java" -cp "$TMP/java:$JDBC_JAR" DriverTest) ;;
 	esac
 }
 for d in "${built[@]}"; do

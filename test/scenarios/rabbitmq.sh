@@ -42,7 +42,7 @@ ACCOUNTS=100
 RANDOM=$SEED
 
 idem_ensure_deps "$RMQ_SBIN/rabbitmq-server|rabbitmq-server" "/usr/include/amqp.h|librabbitmq-dev" \
-	"/usr/include/postgresql/libpq-fe.h|libpq-dev" "/usr/bin/pkg-config|pkg-config"
+	"/usr/include/postgresql/libpq-fe.h|libpq-dev" "/usr/bin/pkg-config|pkgconf" "/bin/ss|iproute2"
 
 # --- work directory, consumers, cleanup ----------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-rabbitmq.XXXXXX)

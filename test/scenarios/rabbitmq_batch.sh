@@ -58,14 +58,15 @@ PYTHON=/usr/bin/python3
 EXAMPLE=$IDEM_ROOT/examples/rabbitmq-batch
 RANDOM=$SEED
 
-# Debian packages, each checked by the file (or Python module) this script needs from it.
-deps=()
-[ -x "$RMQ_SBIN/rabbitmq-server" ] || deps+=(rabbitmq-server)
-[ -x "$PYTHON" ] && "$PYTHON" -c 'import psycopg' 2>/dev/null || deps+=(python3-psycopg)
-[ -x "$PYTHON" ] && "$PYTHON" -c 'import pika' 2>/dev/null || deps+=(python3-pika)
+# Debian packages, each checked by the file this script needs from it.
+deps=(
+	"$RMQ_SBIN/rabbitmq-server|rabbitmq-server" "/bin/ss|iproute2"
+	"/usr/lib/python3/dist-packages/psycopg/__init__.py|python3-psycopg"
+	"/usr/lib/python3/dist-packages/pika/__init__.py|python3-pika"
+)
 if [ "$BENCH" -gt 0 ]; then	# examples/rabbitmq's consumer, for the comparison
-	pkg-config --exists librabbitmq 2>/dev/null || deps+=(librabbitmq-dev pkg-config)
-	pkg-config --exists libpq 2>/dev/null || deps+=(libpq-dev pkg-config)
+	deps+=("/usr/include/amqp.h|librabbitmq-dev" "/usr/include/postgresql/libpq-fe.h|libpq-dev"
+		"/usr/bin/pkg-config|pkgconf")
 fi
 idem_ensure_deps "${deps[@]}"
 

@@ -51,7 +51,7 @@ PARTITIONS=8
 EXAMPLE=$IDEM_ROOT/examples/sharded
 
 idem_ensure_deps "${PG_BINDIR%/bin}/lib/plproxy.so|postgresql-15-plproxy" \
-	"/usr/include/postgresql/libpq-fe.h|libpq-dev"
+	"/usr/include/postgresql/libpq-fe.h|libpq-dev" "/usr/bin/pgrep|procps"
 
 # --- work directory, nodes, cleanup --------------------------------------------------------
 WORK=$(mktemp -d /tmp/idem-sharded.XXXXXX)

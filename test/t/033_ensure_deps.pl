@@ -69,4 +69,9 @@ is($installed, 'postgresql-15-plproxy',
 	'a caller\'s package is installed when the file it needs is missing, and only then');
 like($out, qr{missing \Q$tmp\E/none/plproxy\.so \(postgresql-15-plproxy\)}, 'and the file is named');
 
+# a package named without the file it is for is refused: dpkg's word is not taken
+($installed, $out) = ensure_deps([ "libpq-dev" ]);
+is($installed, '', 'a bare package name installs nothing');
+like($out, qr{'libpq-dev' is not FILE\|PKG}, 'and is refused');
+
 done_testing();
