@@ -26,7 +26,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-my $ntasks = 24;
+my $ntasks = 32;
 my $nworkers = 4;
 my $nkills = 6;
 my $lease = '2 s';
@@ -167,7 +167,7 @@ my $deadline = time() + 50;
 my $failed_workers = 0;
 while ($done->() < $ntasks && time() < $deadline)
 {
-	sleep(0.3 + rand(0.3));
+	sleep(0.15 + rand(0.15));
 	if ($kills < $nkills)
 	{
 		my @pids = keys %workers;
