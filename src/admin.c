@@ -159,10 +159,7 @@ idem_reset(PG_FUNCTION_ARGS)
 	row.has_legacy_fingerprint = false;
 	row.result = NULL;
 	ledger_stamp_row(&row, scope, key);
-	if (present)
-		ledger_update(&ledger, scope, key, &row);
-	else
-		ledger_insert(&ledger, scope, key, &row);
+	ledger_write(&ledger, scope, key, &row, present ? &row : NULL);
 	idem_key_unlock(scope, key);
 	ledger_close(&ledger);
 
@@ -210,8 +207,7 @@ idem_get(PG_FUNCTION_ARGS)
 		nulls[3] = !row.has_applied;
 		values[4] = TimestampTzGetDatum(row.expires_at);
 		nulls[4] = !row.has_expiry;
-		values[5] = BoolGetDatum(row.has_expiry &&
-								 row.expires_at <= GetCurrentTransactionStartTimestamp());
+		values[5] = BoolGetDatum(ledger_row_expired(&row));
 		values[6] = Int64GetDatum(row.rows);
 		nulls[6] = !row.has_rows;
 		values[7] = PointerGetDatum(row.result);

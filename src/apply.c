@@ -36,8 +36,9 @@ static ApplyingKey *applying_keys = NULL;
 static int	napplying_keys = 0;
 static int	max_applying_keys = 0;
 
-static bool
-text_equal(text *a, text *b)
+/* Whether two texts have the same bytes. */
+bool
+idem_text_equal(text *a, text *b)
 {
 	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
 		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
@@ -48,8 +49,8 @@ bool
 idem_key_is_applying(text *scope, text *key)
 {
 	for (int i = 0; i < napplying_keys; i++)
-		if (text_equal(applying_keys[i].key, key) &&
-			text_equal(applying_keys[i].scope, scope))
+		if (idem_text_equal(applying_keys[i].key, key) &&
+			idem_text_equal(applying_keys[i].scope, scope))
 			return true;
 	return false;
 }
@@ -278,22 +279,19 @@ apply(Ledger *ledger, const IdemRequest *req, const LedgerRow *found,
 		row.has_rows = true;
 	}
 
-	if (found == NULL)
-		ledger_insert(ledger, req->scope, req->key, &row);
-	else
-	{
-		row.tid = found->tid;
-		ledger_update(ledger, req->scope, req->key, &row);
-	}
+	ledger_write(ledger, req->scope, req->key, &row, found);
 
 	out->has_rows = row.has_rows;
 	out->rows = row.rows;
 	out->result = row.result;
 }
 
-/* Another transaction is applying the key and we may not wait: say so only. */
-static void
-in_progress(IdemOutcome *out)
+/*
+ * Another transaction is applying the key and we may not wait: say so only.
+ * Batches of claims report it through this too.
+ */
+void
+idem_in_progress_outcome(IdemOutcome *out)
 {
 	memset(out, 0, sizeof(IdemOutcome));
 	out->status = IDEM_IN_PROGRESS;
@@ -319,7 +317,7 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 
 		if (probe == LEDGER_BUSY)
 		{
-			in_progress(out);
+			idem_in_progress_outcome(out);
 			break;
 		}
 
@@ -337,10 +335,9 @@ idem_execute(const IdemRequest *req, IdemOutcome *out)
 		{
 			bool		probe_holds;
 
-			if (!ledger_lock_probed_key(&ledger, req->scope, req->key, idem_wait,
-										&probe_holds))
+			if (!ledger_lock_probed_key(&ledger, idem_wait, &probe_holds))
 			{
-				in_progress(out);
+				idem_in_progress_outcome(out);
 				break;
 			}
 			locked = true;

@@ -87,15 +87,7 @@ elem_cmp(const void *a, const void *b)
 static bool
 same_key(const BatchElem *x, const BatchElem *y)
 {
-	return VARSIZE_ANY_EXHDR(x->key) == VARSIZE_ANY_EXHDR(y->key) &&
-		memcmp(VARDATA_ANY(x->key), VARDATA_ANY(y->key), VARSIZE_ANY_EXHDR(x->key)) == 0;
-}
-
-static void
-in_progress(IdemOutcome *out)
-{
-	memset(out, 0, sizeof(IdemOutcome));
-	out->status = IDEM_IN_PROGRESS;
+	return idem_text_equal(x->key, y->key);
 }
 
 /*
@@ -120,7 +112,7 @@ decide_occurrences(IdemRequest *req, BatchElem **occ, int n, BatchContext *ctx,
 			continue;
 		if (!may_apply)
 		{
-			in_progress(&occ[i]->out);
+			idem_in_progress_outcome(&occ[i]->out);
 			continue;
 		}
 		if (!applies)
@@ -179,7 +171,7 @@ claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext
 		if (probe == LEDGER_BUSY)
 		{
 			for (int i = 0; i < n; i++)
-				in_progress(&occ[i]->out);
+				idem_in_progress_outcome(&occ[i]->out);
 			break;
 		}
 
@@ -197,8 +189,7 @@ claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext
 
 			if (!any_applies(req, occ, n, ctx, against))
 				break;
-			if (!ledger_lock_probed_key(ledger, req->scope, req->key, idem_wait,
-										&probe_holds))
+			if (!ledger_lock_probed_key(ledger, idem_wait, &probe_holds))
 			{
 				decide_occurrences(req, occ, n, ctx, against, false, NULL);
 				break;
@@ -212,13 +203,8 @@ claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext
 		if (decide_occurrences(req, occ, n, ctx, against, true, &last))
 		{
 			ledger_stamp_row(&last, req->scope, req->key);
-			if (probe == LEDGER_FOUND)
-			{
-				last.tid = row.tid;
-				ledger_update(ledger, req->scope, req->key, &last);
-			}
-			else
-				ledger_insert(ledger, req->scope, req->key, &last);
+			ledger_write(ledger, req->scope, req->key, &last,
+						 probe == LEDGER_FOUND ? &row : NULL);
 		}
 		break;
 	}
@@ -227,10 +213,24 @@ claim_key(Ledger *ledger, IdemRequest *req, BatchElem **occ, int n, BatchContext
 		idem_key_unlock(req->scope, req->key);
 }
 
+/* The batch for claim_batch(), through idem_stats_run(). */
+typedef struct Batch
+{
+	IdemRequest *req;
+	BatchElem  *elems;
+	int			n;
+	BatchContext *ctx;
+} Batch;
+
 /* Claim every key of the batch, in the order of their bytes. */
 static void
-claim_batch(IdemRequest *req, BatchElem *elems, int n, BatchContext *ctx)
+claim_batch(void *arg)
 {
+	Batch	   *batch = (Batch *) arg;
+	IdemRequest *req = batch->req;
+	BatchElem  *elems = batch->elems;
+	int			n = batch->n;
+	BatchContext *ctx = batch->ctx;
 	BatchElem **sorted = palloc(n * sizeof(BatchElem *));
 	Ledger		ledger;
 
@@ -342,17 +342,9 @@ batch_args(FunctionCallInfo fcinfo, IdemRequest *req, int *n, BatchContext *ctx)
 		e->version = 0;
 		if (has_versions)
 		{
-			if (version_nulls[i])
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("version must not be null for policy \"%s\"",
-								idem_policy_name(req->policy))));
-			e->version = DatumGetInt64(version_datums[i]);
-			if (e->version < 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-						 errmsg("version must not be negative"),
-						 errdetail("The version given is " INT64_FORMAT ".", e->version)));
+			e->has_version = !version_nulls[i];
+			e->version = e->has_version ? DatumGetInt64(version_datums[i]) : 0;
+			idem_check_version(req->policy, e->has_version, e->version);
 		}
 		memset(&e->out, 0, sizeof(IdemOutcome));
 	}
@@ -375,6 +367,8 @@ idem_claim_batch(PG_FUNCTION_ARGS)
 	ErrorContextCallback errcallback;
 	BatchElem  *elems;
 	int			n;
+	Batch		batch;
+	instr_time	elapsed;
 	Datum		status_names[IDEM_NSTATUSES] = {0};
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -395,29 +389,14 @@ idem_claim_batch(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
-	if (!idem_stats_enabled)
-		claim_batch(&req, elems, n, &ctx);
-	else
+	batch.req = &req;
+	batch.elems = elems;
+	batch.n = n;
+	batch.ctx = &ctx;
+	elapsed = idem_stats_run(req.scope, req.policy, claim_batch, &batch);
+	if (idem_stats_enabled)
 	{
-		instr_time	start;
-		instr_time	elapsed;
 		instr_time	none;
-
-		INSTR_TIME_SET_CURRENT(start);
-		PG_TRY();
-		{
-			claim_batch(&req, elems, n, &ctx);
-		}
-		PG_CATCH();
-		{
-			INSTR_TIME_SET_CURRENT(elapsed);
-			INSTR_TIME_SUBTRACT(elapsed, start);
-			idem_stats_count_error(req.scope, req.policy, elapsed);
-			PG_RE_THROW();
-		}
-		PG_END_TRY();
-		INSTR_TIME_SET_CURRENT(elapsed);
-		INSTR_TIME_SUBTRACT(elapsed, start);
 
 		/* each element is a call; the batch's time is counted once */
 		INSTR_TIME_SET_ZERO(none);

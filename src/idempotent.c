@@ -8,13 +8,11 @@
  */
 #include "postgres.h"
 
-#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 
 #include "key_locks.h"
@@ -81,30 +79,36 @@ idem_check_key(text *key)
 				 errhint("Use a shorter key, such as a hash of the business key, or raise idempotent.max_key_bytes.")));
 }
 
-/* Read the version; policy once takes none, the others need one. */
-static void
-get_version(FunctionCallInfo fcinfo, IdemRequest *req)
+/* Refuse a version the policy does not take, or lacks, or a negative one. */
+void
+idem_check_version(IdemPolicy policy, bool has_version, int64 version)
 {
-	bool		takes_version = idem_policy_takes_version(req->policy);
+	bool		takes_version = idem_policy_takes_version(policy);
 
-	req->has_version = !PG_ARGISNULL(ARG_VERSION);
-	req->version = req->has_version ? PG_GETARG_INT64(ARG_VERSION) : 0;
-
-	if (!takes_version && req->has_version)
+	if (!takes_version && has_version)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("policy \"%s\" takes no version", idem_policy_name(req->policy)),
+				 errmsg("policy \"%s\" takes no version", idem_policy_name(policy)),
 				 errhint("Pass NULL as the version, or use policy \"newer\".")));
-	if (takes_version && !req->has_version)
+	if (takes_version && !has_version)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("version must not be null for policy \"%s\"",
-						idem_policy_name(req->policy))));
-	if (req->version < 0)
+						idem_policy_name(policy))));
+	if (version < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("version must not be negative"),
-				 errdetail("The version given is " INT64_FORMAT ".", req->version)));
+				 errdetail("The version given is " INT64_FORMAT ".", version)));
+}
+
+/* Read the version argument and check it against the policy. */
+static void
+get_version(FunctionCallInfo fcinfo, IdemRequest *req)
+{
+	req->has_version = !PG_ARGISNULL(ARG_VERSION);
+	req->version = req->has_version ? PG_GETARG_INT64(ARG_VERSION) : 0;
+	idem_check_version(req->policy, req->has_version, req->version);
 }
 
 /*
@@ -184,17 +188,15 @@ get_statement(FunctionCallInfo fcinfo)
 }
 
 
-/* Execute the request and return its outcome as an idem_outcome row. */
-static Datum
-run_request(FunctionCallInfo fcinfo, IdemRequest *req)
+/*
+ * The row type a function returns, looked up once per call site and kept in
+ * fn_extra (the call site's memory).  For idem_outcome and idem_lease rows.
+ */
+TupleDesc
+idem_result_desc(FunctionCallInfo fcinfo)
 {
-	IdemOutcome out;
-	TupleDesc	desc;
-	Datum		values[6];
-	bool		nulls[6];
+	TupleDesc	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
 
-	/* The outcome's row type, looked up once per call site. */
-	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	if (desc == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
@@ -205,33 +207,44 @@ run_request(FunctionCallInfo fcinfo, IdemRequest *req)
 		fcinfo->flinfo->fn_extra = desc;
 		MemoryContextSwitchTo(old);
 	}
+	return desc;
+}
+
+/* idem_execute() for idem_stats_run() */
+typedef struct ExecuteArgs
+{
+	const IdemRequest *req;
+	IdemOutcome *out;
+} ExecuteArgs;
+
+static void
+execute(void *arg)
+{
+	ExecuteArgs *run = (ExecuteArgs *) arg;
+
+	idem_execute(run->req, run->out);
+}
+
+/* Execute the request and return its outcome as an idem_outcome row. */
+static Datum
+run_request(FunctionCallInfo fcinfo, IdemRequest *req)
+{
+	IdemOutcome out;
+	ExecuteArgs run;
+	instr_time	elapsed;
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6];
+
+	desc = idem_result_desc(fcinfo);
 
 	if (req->stmt != NULL)
 		req->fingerprint = statement_fingerprint(req->stmt);
-	if (!idem_stats_enabled)
-		idem_execute(req, &out);
-	else
-	{
-		instr_time	start;
-		instr_time	elapsed;
-
-		INSTR_TIME_SET_CURRENT(start);
-		PG_TRY();
-		{
-			idem_execute(req, &out);
-		}
-		PG_CATCH();
-		{
-			INSTR_TIME_SET_CURRENT(elapsed);
-			INSTR_TIME_SUBTRACT(elapsed, start);
-			idem_stats_count_error(req->scope, req->policy, elapsed);
-			PG_RE_THROW();
-		}
-		PG_END_TRY();
-		INSTR_TIME_SET_CURRENT(elapsed);
-		INSTR_TIME_SUBTRACT(elapsed, start);
+	run.req = req;
+	run.out = &out;
+	elapsed = idem_stats_run(req->scope, req->policy, execute, &run);
+	if (idem_stats_enabled)
 		idem_stats_count(req->scope, req->policy, out.status, elapsed);
-	}
 
 	values[0] = CStringGetTextDatum(idem_status_name(out.status));
 	nulls[0] = false;

@@ -11,6 +11,7 @@
 #ifndef IDEMPOTENT_H
 #define IDEMPOTENT_H
 
+#include "access/tupdesc.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
 
@@ -124,12 +125,15 @@ extern void idem_execute(const IdemRequest *req, IdemOutcome *out);
 extern bool idem_key_is_applying(text *scope, text *key);
 extern void idem_check_not_applying(text *scope, text *key);
 extern void idem_check_writable(text *key);
+extern bool idem_text_equal(text *a, text *b);
 
 /* scope.c */
 extern text *idem_current_scope(void);
 
 /* idempotent.c */
 extern text *idem_key_arg(FunctionCallInfo fcinfo);
+extern TupleDesc idem_result_desc(FunctionCallInfo fcinfo);
 extern void idem_check_key(text *key);
+extern void idem_check_version(IdemPolicy policy, bool has_version, int64 version);
 
 #endif							/* IDEMPOTENT_H */

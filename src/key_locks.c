@@ -86,8 +86,8 @@ idem_key_locks_init(void)
 }
 
 /* The hash of (scope, key); the shared scope's keys hash as in 1.1 (lock tags too). */
-static uint64
-key_hash(text *scope, text *key)
+uint64
+idem_key_hash(text *scope, text *key)
 {
 	uint64		hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
 										   VARSIZE_ANY_EXHDR(key), 0);
@@ -114,21 +114,27 @@ release_counter(uint64 hash)
 	return &key_releases[hash & (KEY_RELEASE_SLOTS - 1)];
 }
 
-/* Take the writers' lock on a key; false if busy and we may not wait. */
+/* Take the writers' lock on a key, by its hash; false if busy and we may not wait. */
 bool
-idem_key_lock(text *scope, text *key, bool wait)
+idem_key_lock_hash(uint64 hash, bool wait)
 {
 	LOCKTAG		tag;
 
-	key_locktag(&tag, key_hash(scope, key));
+	key_locktag(&tag, hash);
 	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+bool
+idem_key_lock(text *scope, text *key, bool wait)
+{
+	return idem_key_lock_hash(idem_key_hash(scope, key), wait);
 }
 
 /* Let go of a key's writers' lock, counting the release. */
 void
 idem_key_unlock(text *scope, text *key)
 {
-	uint64		hash = key_hash(scope, key);
+	uint64		hash = idem_key_hash(scope, key);
 	LOCKTAG		tag;
 
 	/* counted before the lock is free: a writer that locks next sees it */
@@ -139,18 +145,18 @@ idem_key_unlock(text *scope, text *key)
 }
 
 /*
- * How often the writers' locks of the key's slot were released so far;
- * false if they are not counted (the library is not preloaded).  Read
- * after whatever came before (taking the lock) and before whatever comes
- * after (the probe's reads of the index).
+ * How often the writers' locks of the slot of the key's hash were released
+ * so far; false if they are not counted (the library is not preloaded).
+ * Read after whatever came before (taking the lock) and before whatever
+ * comes after (the probe's reads of the index).
  */
 bool
-idem_key_releases(text *scope, text *key, uint64 *releases)
+idem_key_releases(uint64 hash, uint64 *releases)
 {
 	if (key_releases == NULL)
 		return false;
 	pg_read_barrier();
-	*releases = pg_atomic_read_u64(release_counter(key_hash(scope, key)));
+	*releases = pg_atomic_read_u64(release_counter(hash));
 	pg_read_barrier();
 	return true;
 }

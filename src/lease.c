@@ -22,7 +22,6 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
-#include "access/xact.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
@@ -167,6 +166,13 @@ same_request(const LeaseCall *call, const LedgerRow *row)
 	return same;
 }
 
+/* Whether this many failures make a key dead. */
+static bool
+fails_for_good(int32 failures)
+{
+	return idem_max_attempts > 0 && failures >= idem_max_attempts;
+}
+
 /*
  * Decide idem_begin against the ledger row (NULL: key absent or expired).
  * Fills out; returns true if the ledger must be written (a new attempt, or a
@@ -209,8 +215,7 @@ begin_decide(const LeaseCall *call, const LedgerRow *row, TimestampTz now,
 				return false;
 			}
 			/* a lease that ran out is a failed attempt: the last one kills the key */
-			if (row->state == IDEM_STATE_LEASED && idem_max_attempts > 0 &&
-				row->attempts >= idem_max_attempts)
+			if (row->state == IDEM_STATE_LEASED && fails_for_good(row->attempts))
 			{
 				out->status = IDEM_DEAD;
 				return true;
@@ -259,13 +264,7 @@ begin_write(Ledger *ledger, const LeaseCall *call, const LedgerRow *found,
 		out->lease_until = row.lease_until;
 	}
 	ledger_end_probe(ledger);
-	if (found == NULL)
-		ledger_insert(ledger, call->scope, call->key, &row);
-	else
-	{
-		row.tid = found->tid;
-		ledger_update(ledger, call->scope, call->key, &row);
-	}
+	ledger_write(ledger, call->scope, call->key, &row, found);
 }
 
 /*
@@ -288,6 +287,7 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 		LedgerRow	row;
 		LedgerProbe probe = ledger_probe_settled(&ledger, call->scope, call->key, &row,
 												 &locked, idem_wait);
+		const LedgerRow *against;	/* NULL: absent or expired */
 		TimestampTz now;
 
 		if (probe == LEDGER_BUSY)
@@ -296,16 +296,15 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 			out->status = IDEM_IN_PROGRESS;
 			break;
 		}
+		against = probe == LEDGER_FOUND && !ledger_row_expired(&row) ? &row : NULL;
 		now = GetCurrentTimestamp();
-		if (!begin_decide(call, probe == LEDGER_FOUND && !ledger_row_expired(&row) ? &row : NULL,
-						  now, out))
+		if (!begin_decide(call, against, now, out))
 			break;
 		if (!locked)
 		{
 			bool		probe_holds;
 
-			if (!ledger_lock_probed_key(&ledger, call->scope, call->key, idem_wait,
-										&probe_holds))
+			if (!ledger_lock_probed_key(&ledger, idem_wait, &probe_holds))
 			{
 				memset(out, 0, sizeof(LeaseOutcome));
 				out->status = IDEM_IN_PROGRESS;
@@ -316,8 +315,7 @@ lease_begin(const LeaseCall *call, LeaseOutcome *out)
 				continue;
 			/* decide again at the time the lock was taken */
 			now = GetCurrentTimestamp();
-			if (!begin_decide(call, probe == LEDGER_FOUND && !ledger_row_expired(&row) ? &row : NULL,
-							  now, out))
+			if (!begin_decide(call, against, now, out))
 				break;
 		}
 		begin_write(&ledger, call, probe == LEDGER_FOUND ? &row : NULL, now, out);
@@ -397,13 +395,6 @@ lease_complete(const LeaseCall *call)
 	ledger_close(&ledger);
 }
 
-/* Whether this many failures make a key dead. */
-static bool
-fails_for_good(int32 failures)
-{
-	return idem_max_attempts > 0 && failures >= idem_max_attempts;
-}
-
 /*
  * idem_fail with an attempt: the holder's attempt ended in failure.  The key
  * waits until retry_after has passed (none: the next idem_begin may start at
@@ -473,8 +464,6 @@ fail_message(Ledger *ledger, const LeaseCall *call, bool present, bool found,
 	{
 		memset(&row, 0, sizeof(row));
 		ledger_stamp_row(&row, call->scope, call->key);
-		if (present)
-			row.tid = row_found->tid;	/* an expired row, replaced */
 		row.policy = IDEM_ONCE;	/* none yet: the first applied call sets it */
 		row.has_applied = false;
 		row.applied_at = 0;
@@ -483,10 +472,8 @@ fail_message(Ledger *ledger, const LeaseCall *call, bool present, bool found,
 	row.state = row.state == IDEM_STATE_DEAD || fails_for_good(row.attempts) ?
 		IDEM_STATE_DEAD : IDEM_STATE_FAILED;
 	row.last_error = call->error;
-	if (present)
-		ledger_update(ledger, call->scope, call->key, &row);
-	else
-		ledger_insert(ledger, call->scope, call->key, &row);
+	/* a present row that is not found is an expired one, replaced */
+	ledger_write(ledger, call->scope, call->key, &row, present ? row_found : NULL);
 
 	out->status = row.state == IDEM_STATE_DEAD ? IDEM_DEAD : IDEM_FAILED;
 	out->attempt = row.attempts;
@@ -522,13 +509,10 @@ lease_fail(const LeaseCall *call, LeaseOutcome *out)
 static Datum
 lease_datum(FunctionCallInfo fcinfo, const LeaseOutcome *out)
 {
-	TupleDesc	desc;
+	TupleDesc	desc = idem_result_desc(fcinfo);
 	Datum		values[5];
 	bool		nulls[5];
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	desc = BlessTupleDesc(desc);
 	values[0] = CStringGetTextDatum(idem_status_name(out->status));
 	nulls[0] = false;
 	values[1] = Int32GetDatum(out->attempt);
@@ -554,56 +538,53 @@ typedef enum LeaseFunction
  * under policy lease, or, for a message's failure, under the key's policy
  * ("once" for a key that never applied).
  */
+/* A call for lease_dispatch(), through idem_stats_run(). */
+typedef struct LeaseRun
+{
+	LeaseFunction function;
+	const LeaseCall *call;
+	LeaseOutcome *out;
+} LeaseRun;
+
+static void
+lease_dispatch(void *arg)
+{
+	LeaseRun   *run = (LeaseRun *) arg;
+	LeaseOutcome *out = run->out;
+
+	switch (run->function)
+	{
+		case LEASE_BEGIN:
+			lease_begin(run->call, out);
+			out->stat_policy = IDEM_LEASE;
+			break;
+		case LEASE_COMPLETE:
+			lease_complete(run->call);
+			memset(out, 0, sizeof(LeaseOutcome));
+			out->status = IDEM_COMPLETED;
+			out->stat_policy = IDEM_LEASE;
+			break;
+		case LEASE_FAIL:
+			memset(out, 0, sizeof(LeaseOutcome));
+			out->stat_policy = IDEM_LEASE;
+			lease_fail(run->call, out);
+			break;
+	}
+}
+
 static void
 lease_run(LeaseFunction function, const LeaseCall *call, LeaseOutcome *out)
 {
-	instr_time	start;
+	LeaseRun	run = {function, call, out};
 	instr_time	elapsed;
 
+	elapsed = idem_stats_run(call->scope,
+							 call->attempt == 0 && function == LEASE_FAIL ? IDEM_ONCE : IDEM_LEASE,
+							 lease_dispatch, &run);
+	/* a failure counts as failed even when it made the key dead */
 	if (idem_stats_enabled)
-		INSTR_TIME_SET_CURRENT(start);
-	PG_TRY();
-	{
-		switch (function)
-		{
-			case LEASE_BEGIN:
-				lease_begin(call, out);
-				out->stat_policy = IDEM_LEASE;
-				break;
-			case LEASE_COMPLETE:
-				lease_complete(call);
-				memset(out, 0, sizeof(LeaseOutcome));
-				out->status = IDEM_COMPLETED;
-				out->stat_policy = IDEM_LEASE;
-				break;
-			case LEASE_FAIL:
-				memset(out, 0, sizeof(LeaseOutcome));
-				out->stat_policy = IDEM_LEASE;
-				lease_fail(call, out);
-				break;
-		}
-	}
-	PG_CATCH();
-	{
-		if (idem_stats_enabled)
-		{
-			INSTR_TIME_SET_CURRENT(elapsed);
-			INSTR_TIME_SUBTRACT(elapsed, start);
-			idem_stats_count_error(call->scope,
-								   call->attempt == 0 && function == LEASE_FAIL ?
-								   IDEM_ONCE : IDEM_LEASE, elapsed);
-		}
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	if (idem_stats_enabled)
-	{
-		INSTR_TIME_SET_CURRENT(elapsed);
-		INSTR_TIME_SUBTRACT(elapsed, start);
-		/* a failure counts as failed even when it made the key dead */
 		idem_stats_count(call->scope, out->stat_policy,
 						 function == LEASE_FAIL ? IDEM_FAILED : out->status, elapsed);
-	}
 }
 
 /* A call's key (checked) and scope (checked for the current role); the rest empty. */

@@ -26,7 +26,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
-#include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "nodes/primnodes.h"
@@ -411,7 +410,6 @@ ledger_open(Ledger *ledger)
 	ledger->index = index_open(cache.pkey, RowExclusiveLock);
 	ledger->slot = table_slot_create(ledger->heap, NULL);
 	ledger->scan = NULL;
-	ledger->probe_counted = false;
 }
 
 /*
@@ -561,7 +559,8 @@ ledger_probe(Ledger *ledger, text *scope, text *key, LedgerRow *row,
 	TupleTableSlot *slot = ledger->slot;
 	LedgerProbe result = LEDGER_ABSENT;
 
-	ledger->probe_counted = idem_key_releases(scope, key, &ledger->releases_at_probe);
+	ledger->probed_hash = idem_key_hash(scope, key);
+	(void) idem_key_releases(ledger->probed_hash, &ledger->releases_at_probe);
 	if (IsolationIsSerializable())
 		predicate_lock_key(ledger, skey, nkeys, slot);
 	if (ledger->scan == NULL)
@@ -813,15 +812,13 @@ ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
  * (key_locks.c).  Otherwise the caller probes again, under the lock.
  */
 bool
-ledger_lock_probed_key(Ledger *ledger, text *scope, text *key, bool wait,
-					   bool *probe_holds)
+ledger_lock_probed_key(Ledger *ledger, bool wait, bool *probe_holds)
 {
 	uint64		releases;
 
-	if (!idem_key_lock(scope, key, wait))
+	if (!idem_key_lock_hash(ledger->probed_hash, wait))
 		return false;
-	*probe_holds = ledger->probe_counted &&
-		idem_key_releases(scope, key, &releases) &&
+	*probe_holds = idem_key_releases(ledger->probed_hash, &releases) &&
 		releases == ledger->releases_at_probe;
 	return true;
 }
@@ -1008,6 +1005,23 @@ ledger_update(Ledger *ledger, text *scope, text *key, const LedgerRow *row)
 }
 
 /*
+ * Write a key's row: over the row a probe found (found->tid), or as a new row
+ * when found is NULL.  The caller holds the key's lock, as for those two.
+ */
+void
+ledger_write(Ledger *ledger, text *scope, text *key, LedgerRow *row,
+			 const LedgerRow *found)
+{
+	if (found == NULL)
+		ledger_insert(ledger, scope, key, row);
+	else
+	{
+		row->tid = found->tid;
+		ledger_update(ledger, scope, key, row);
+	}
+}
+
+/*
  * Delete the row at tid; returns whether it was deleted.  Without wait, a
  * row that another transaction is changing is left alone (purges never
  * wait); with wait, that transaction's end decides.
@@ -1047,8 +1061,7 @@ slot_in_scope(TupleTableSlot *slot, text *scope)
 	if (cache.attnum[COL_SCOPE] == 0)
 		return VARSIZE_ANY_EXHDR(scope) == 0;
 	row_scope = DatumGetTextPP(slot_getattr(slot, cache.attnum[COL_SCOPE], &isnull));
-	return VARSIZE_ANY_EXHDR(row_scope) == VARSIZE_ANY_EXHDR(scope) &&
-		memcmp(VARDATA_ANY(row_scope), VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope)) == 0;
+	return idem_text_equal(row_scope, scope);
 }
 
 /* The scope of the row in the slot, for idem_key_is_applying(). */

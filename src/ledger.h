@@ -23,8 +23,8 @@ typedef struct Ledger
 	TupleTableSlot *slot;
 	SnapshotData dirty;			/* reports who is writing a probed row */
 	IndexScanDesc scan;			/* begun by the first probe */
-	bool		probe_counted;	/* releases_at_probe is known (key_locks.c) */
-	uint64		releases_at_probe;	/* of the last probed key's lock */
+	uint64		probed_hash;	/* of the last probed key (key_locks.c) */
+	uint64		releases_at_probe;	/* of its lock, if counted */
 } Ledger;
 
 /* One ledger row, as read by a probe or about to be written. */
@@ -80,10 +80,11 @@ extern void ledger_wait(Ledger *ledger, const LedgerWriter *writer);
 extern LedgerProbe ledger_probe_settled(Ledger *ledger, text *scope, text *key,
 										LedgerRow *row, bool *locked, bool wait);
 extern bool ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row);
-extern bool ledger_lock_probed_key(Ledger *ledger, text *scope, text *key, bool wait,
-								   bool *probe_holds);
+extern bool ledger_lock_probed_key(Ledger *ledger, bool wait, bool *probe_holds);
 extern void ledger_insert(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
 extern void ledger_update(Ledger *ledger, text *scope, text *key, const LedgerRow *row);
+extern void ledger_write(Ledger *ledger, text *scope, text *key, LedgerRow *row,
+						 const LedgerRow *found);
 extern bool ledger_delete(Ledger *ledger, ItemPointer tid, bool wait);
 extern int64 ledger_purge(Ledger *ledger, int64 max_keys, TimestampTz now, text *scope);
 extern bool ledger_row_expired(const LedgerRow *row);
@@ -98,5 +99,6 @@ extern void idem_new_row(const IdemRequest *req, LedgerRow *row);
 extern const LedgerRow *idem_decision_row(const IdemRequest *req, LedgerProbe probe,
 										  const LedgerRow *row, bool *dead);
 extern void idem_dead_outcome(const LedgerRow *row, IdemOutcome *out);
+extern void idem_in_progress_outcome(IdemOutcome *out);
 
 #endif							/* IDEM_LEDGER_H */

@@ -19,8 +19,7 @@ typedef struct PolicyDef
 	IdemPolicy	letter;
 	const char *name;
 	bool		takes_version;	/* once takes none; the others need one */
-	IdemStatus	when_new;		/* outcome for a key not yet recorded... */
-	bool		new_needs_one;	/* ...unless its version must be 1 (next) */
+	bool		new_needs_one;	/* a new key applies only at version 1 (next) */
 	DecideFn	decide;			/* outcome for a recorded key */
 	bool		lease;			/* keys of idem_begin: not a policy to name
 								 * in idem_claim or idem_reset, decided in
@@ -53,11 +52,11 @@ decide_upsert(int64 v, int64 s)
 }
 
 static const PolicyDef policies[IDEM_NPOLICIES] = {
-	{IDEM_ONCE, "once", false, IDEM_APPLIED, false, decide_once, false},
-	{IDEM_NEWER, "newer", true, IDEM_APPLIED, false, decide_newer, false},
-	{IDEM_NEXT, "next", true, IDEM_APPLIED, true, decide_next, false},
-	{IDEM_UPSERT, "upsert", true, IDEM_APPLIED, false, decide_upsert, false},
-	{IDEM_LEASE, "lease", false, IDEM_STARTED, false, NULL, true},
+	{IDEM_ONCE, "once", false, false, decide_once, false},
+	{IDEM_NEWER, "newer", true, false, decide_newer, false},
+	{IDEM_NEXT, "next", true, true, decide_next, false},
+	{IDEM_UPSERT, "upsert", true, false, decide_upsert, false},
+	{IDEM_LEASE, "lease", false, false, NULL, true},
 };
 
 static const char *const status_names[IDEM_NSTATUSES] = {
@@ -133,7 +132,7 @@ idem_policy_decide(IdemPolicy policy, bool found, int64 stored, int64 version)
 	if (def->lease)
 		elog(ERROR, "policy \"%s\" is decided by its own functions", def->name);
 	if (!found)
-		return def->new_needs_one && version != 1 ? IDEM_GAP : def->when_new;
+		return def->new_needs_one && version != 1 ? IDEM_GAP : IDEM_APPLIED;
 	return def->decide(version, stored);
 }
 

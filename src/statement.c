@@ -28,7 +28,6 @@
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/inval.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 #include "utils/json.h"
@@ -36,7 +35,6 @@
 #include "utils/numeric.h"
 #include "utils/array.h"
 #include "access/htup_details.h"
-#include "catalog/pg_type.h"
 #include "nodes/makefuncs.h"
 #include "utils/fmgroids.h"
 

@@ -184,6 +184,41 @@ idem_stats_count_error(text *scope, IdemPolicy policy, instr_time elapsed)
 		count(scope, policy, STAT_ERRORS, elapsed);
 }
 
+/*
+ * Run fn(arg), timed when statistics are kept: an error it raises is counted
+ * for scope and policy, and raised again.  Returns the time it took (zero
+ * when statistics are not kept), for the caller to count its outcome with.
+ */
+instr_time
+idem_stats_run(text *scope, IdemPolicy policy, void (*fn) (void *), void *arg)
+{
+	instr_time	start;
+	instr_time	elapsed;
+
+	INSTR_TIME_SET_ZERO(elapsed);
+	if (!idem_stats_enabled)
+	{
+		fn(arg);
+		return elapsed;
+	}
+	INSTR_TIME_SET_CURRENT(start);
+	PG_TRY();
+	{
+		fn(arg);
+	}
+	PG_CATCH();
+	{
+		INSTR_TIME_SET_CURRENT(elapsed);
+		INSTR_TIME_SUBTRACT(elapsed, start);
+		idem_stats_count_error(scope, policy, elapsed);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	return elapsed;
+}
+
 static void
 check_available(void)
 {

@@ -15,5 +15,7 @@ extern void idem_stats_init(void);
 extern void idem_stats_count(text *scope, IdemPolicy policy, IdemStatus status,
 							 instr_time elapsed);
 extern void idem_stats_count_error(text *scope, IdemPolicy policy, instr_time elapsed);
+extern instr_time idem_stats_run(text *scope, IdemPolicy policy, void (*fn) (void *),
+								 void *arg);
 
 #endif							/* IDEM_STATS_H */
