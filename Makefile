@@ -24,7 +24,7 @@ REGRESS_OPTS = --load-extension=idempotent
 ISOLATION = once_commit once_rollback wait_off newer_vs_stale next_order repeatable_read \
 	serializable_skew ledger_invalidation manual_delete savepoint statement_wait upsert_race claim_race three_sessions deadlock \
 	purge_race reindex_swap reindex_new_keys lock_timeout lease_race lease_takeover lease_complete_vs_takeover \
-	batch_overlap batch_wait_off batch_vs_single get_while_writing holder_aborts
+	batch_overlap batch_wait_off batch_vs_single get_while_writing holder_aborts scope_keys lease_repeatable_read
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=idempotent
 
 # TAP tests (PostgreSQL::Test::Cluster): crashes, restarts
