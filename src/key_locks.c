@@ -144,6 +144,13 @@ idem_key_unlock(text *scope, text *key)
 	LockRelease(&tag, ExclusiveLock, false);
 }
 
+/* Whether releases are counted: the library is preloaded. */
+bool
+idem_key_releases_counted(void)
+{
+	return key_releases != NULL;
+}
+
 /*
  * How often the writers' locks of the slot of the key's hash were released
  * so far; false if they are not counted (the library is not preloaded).

@@ -10,6 +10,7 @@ extern uint64 idem_key_hash(text *scope, text *key);
 extern bool idem_key_lock(text *scope, text *key, bool wait);
 extern bool idem_key_lock_hash(uint64 hash, bool wait);
 extern void idem_key_unlock(text *scope, text *key);
+extern bool idem_key_releases_counted(void);
 extern bool idem_key_releases(uint64 hash, uint64 *releases);
 
 #endif							/* IDEM_KEY_LOCKS_H */

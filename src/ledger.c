@@ -559,8 +559,13 @@ ledger_probe(Ledger *ledger, text *scope, text *key, LedgerRow *row,
 	TupleTableSlot *slot = ledger->slot;
 	LedgerProbe result = LEDGER_ABSENT;
 
-	ledger->probed_hash = idem_key_hash(scope, key);
-	(void) idem_key_releases(ledger->probed_hash, &ledger->releases_at_probe);
+	ledger->probed_scope = scope;
+	ledger->probed_key = key;
+	if (idem_key_releases_counted())
+	{
+		ledger->probed_hash = idem_key_hash(scope, key);
+		(void) idem_key_releases(ledger->probed_hash, &ledger->releases_at_probe);
+	}
 	if (IsolationIsSerializable())
 		predicate_lock_key(ledger, skey, nkeys, slot);
 	if (ledger->scan == NULL)
@@ -814,11 +819,14 @@ ledger_probe_locked(Ledger *ledger, text *scope, text *key, LedgerRow *row)
 bool
 ledger_lock_probed_key(Ledger *ledger, bool wait, bool *probe_holds)
 {
+	bool		counted = idem_key_releases_counted();
+	uint64		hash = counted ? ledger->probed_hash :
+		idem_key_hash(ledger->probed_scope, ledger->probed_key);
 	uint64		releases;
 
-	if (!idem_key_lock_hash(ledger->probed_hash, wait))
+	if (!idem_key_lock_hash(hash, wait))
 		return false;
-	*probe_holds = idem_key_releases(ledger->probed_hash, &releases) &&
+	*probe_holds = counted && idem_key_releases(hash, &releases) &&
 		releases == ledger->releases_at_probe;
 	return true;
 }

@@ -23,8 +23,10 @@ typedef struct Ledger
 	TupleTableSlot *slot;
 	SnapshotData dirty;			/* reports who is writing a probed row */
 	IndexScanDesc scan;			/* begun by the first probe */
-	uint64		probed_hash;	/* of the last probed key (key_locks.c) */
-	uint64		releases_at_probe;	/* of its lock, if counted */
+	text	   *probed_scope;	/* the last probed key, the caller's */
+	text	   *probed_key;
+	uint64		probed_hash;	/* its hash, when releases are counted */
+	uint64		releases_at_probe;	/* of its lock, then (key_locks.c) */
 } Ledger;
 
 /* One ledger row, as read by a probe or about to be written. */
